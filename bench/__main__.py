@@ -1,0 +1,40 @@
+"""Run benchmarks: ``python -m bench`` (all), ``python -m bench prepare``, ``--quick`` for a smoke run.
+
+Each benchmark prints its figures and, where it has a reference, the ratio; results also go to
+bench/results/<name>.json. Numbers depend on the machine: compare ratios measured in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import sys
+
+from bench.common import save
+
+BENCHMARKS = {
+    "prepare": "bench.bench_prepare",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
+    parser.add_argument("--quick", action="store_true", help="smaller workloads, for a smoke test")
+    args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
+    print(f"# machine: {platform.machine()} {os.cpu_count()} cpu(s), python {platform.python_version()}")
+    for name in args.names or list(BENCHMARKS):
+        print(f"## {name}")
+        figures = importlib.import_module(BENCHMARKS[name]).run(args)
+        for figure in figures:
+            print(figure.line(), flush=True)
+        print(f"# saved {save(name, figures)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,3 @@
+# Options of the mini recipe (run.sh --name value); all data is generated, nothing to download.
+corpus=$recipe/corpus            # where the synthetic corpora are written
+recipe_options="corpus"

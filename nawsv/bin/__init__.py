@@ -1,0 +1,1 @@
+"""Stage entry points: ``python -m nawsv.bin.<stage> --help``."""

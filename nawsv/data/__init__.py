@@ -1,0 +1,1 @@
+"""Data handling: Kaldi dirs and lists, audio I/O, corpora, augmentation, samplers."""

@@ -1,0 +1,258 @@
+"""Stage 1: turn corpora on disk into Kaldi data directories and WeSpeaker lists.
+
+Corpus layouts follow the real distributions: VoxCeleb ``<wav_root>/<speaker>/<video>/<utt>.wav``,
+MUSAN ``musan/{noise,music,speech}/<subset>/<name>-NNNN.wav``, RIRS_NOISES ``simulated_rirs/**.wav`` and a
+flat Nonspeech100 folder. Each output directory is built under a temporary name and swapped into
+place, so a rerun is idempotent and a killed run never leaves a half directory behind.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Iterable, Literal
+
+from nawsv.data.audio import SAMPLE_RATE, AudioInfo, audio_info
+from nawsv.data.kaldi import KaldiDir, Trial, read_trials, write_kaldi_dir, write_table, write_trials
+from nawsv.data.lists import Utterance, shard_groups, write_raw_list, write_shard
+from nawsv.utils.atomic import atomic_directory, atomic_write_text
+from nawsv.utils.errors import AudioError, ConfigError, DataError
+from nawsv.utils.progress import progress
+
+log = logging.getLogger(__name__)
+
+AUDIO_SUFFIXES = (".wav", ".flac")
+MUSAN_CATEGORIES = ("noise", "music", "speech")
+
+
+@dataclasses.dataclass
+class PrepareConfig:
+    """Options of stage 1 (``conf/prepare.yaml``)."""
+
+    nj: int = 4                                   # processes probing audio headers and writing shards
+    shards: bool = True                           # also write tar shards + shard.list
+    shard_size: int = 1000                        # utterances per shard
+    on_bad_audio: Literal["error", "skip"] = "error"   # skip: leave unreadable/empty/short files out, listed
+    on_rate_mismatch: Literal["resample", "error"] = "resample"
+    min_duration: float = 0.5                     # seconds; shorter utterances count as bad audio
+
+    def __post_init__(self) -> None:
+        if self.nj < 1:
+            raise ValueError(f"nj must be >= 1, got {self.nj}")
+        if self.shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {self.shard_size}")
+        if self.min_duration < 0:
+            raise ValueError(f"min_duration must be >= 0, got {self.min_duration}")
+
+
+def _audio_files(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise DataError(f"corpus directory {root} does not exist; check the path given to stage 1")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) found under {root}")
+    return files
+
+
+def scan_speaker_tree(wav_root: str | Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Map ``<spk>/<video>/<utt>`` keys to absolute paths and speakers (VoxCeleb layout)."""
+    wav_root = Path(wav_root).resolve()
+    wav_scp: dict[str, str] = {}
+    utt2spk: dict[str, str] = {}
+    for path in _audio_files(wav_root):
+        parts = path.relative_to(wav_root).parts
+        if len(parts) != 3:
+            raise DataError(f"{path}: expected <wav_root>/<speaker>/<video>/<utterance> under {wav_root}; "
+                            f"point --wav_root at the folder that holds the speaker folders")
+        key = "/".join(parts)
+        if any(c.isspace() for c in key):
+            raise DataError(f"{path}: whitespace in the relative path {key!r} cannot be a Kaldi key; rename it")
+        wav_scp[key] = str(path)
+        utt2spk[key] = parts[0]
+    return wav_scp, utt2spk
+
+
+def _probe(item: tuple[str, str]) -> tuple[str, AudioInfo | str]:
+    key, path = item
+    try:
+        return key, audio_info(path, key)
+    except AudioError as exc:
+        return key, str(exc)
+
+
+def probe_audio(wav_scp: dict[str, str], cfg: PrepareConfig, what: str) -> tuple[dict[str, float], list[str]]:
+    """Read every header (in ``cfg.nj`` processes); return durations and the problems found.
+
+    Problems are raised at once when ``on_bad_audio`` is ``error``; with ``skip`` they are returned so the
+    caller leaves those utterances out and records them.
+    """
+    items = sorted(wav_scp.items())
+    results: list[tuple[str, AudioInfo | str]]
+    if cfg.nj > 1 and len(items) > 2000:
+        with ProcessPoolExecutor(cfg.nj) as pool:
+            results = list(progress(pool.map(_probe, items, chunksize=256), f"probing {what}", "utt", len(items)))
+    else:
+        results = [_probe(item) for item in progress(items, f"probing {what}", "utt")]
+    utt2dur: dict[str, float] = {}
+    problems: list[str] = []
+    resampled = 0
+    for key, info in results:
+        if isinstance(info, str):
+            problems.append(info)
+            continue
+        if info.sample_rate != SAMPLE_RATE:
+            if cfg.on_rate_mismatch == "error":
+                problems.append(f"utterance {key!r} ({wav_scp[key]}): sample rate is {info.sample_rate} Hz, "
+                                f"not {SAMPLE_RATE} Hz (on_rate_mismatch: error); resample the corpus or set "
+                                f"on_rate_mismatch: resample")
+                continue
+            resampled += 1
+        if info.duration < cfg.min_duration:
+            problems.append(f"utterance {key!r} ({wav_scp[key]}): {info.duration:.3f} s is shorter than "
+                            f"min_duration {cfg.min_duration} s")
+            continue
+        utt2dur[key] = info.duration
+    if resampled:
+        log.warning("%s: %d file(s) are not at %d Hz; they are resampled with soxr when read",
+                    what, resampled, SAMPLE_RATE)
+    if problems and cfg.on_bad_audio == "error":
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise AudioError(f"{problems[0]}{more}. Fix the file(s), or set on_bad_audio: skip in the stage-1 config "
+                         f"to leave them out")
+    return utt2dur, problems
+
+
+def _write_bad_list(directory: Path, problems: list[str]) -> None:
+    if problems:
+        atomic_write_text(directory / "bad_audio.txt", "".join(p + "\n" for p in problems))
+        log.warning("%s: left out %d bad file(s), listed in bad_audio.txt", directory.name, len(problems))
+
+
+def _write_shard_job(job: tuple[str, list[Utterance]]) -> str:
+    path, utterances = job
+    write_shard(path, utterances)
+    return path
+
+
+def write_lists(directory: Path, final_directory: Path, data: KaldiDir, cfg: PrepareConfig) -> None:
+    """Write raw.list and (optionally) tar shards + shard.list for a prepared Kaldi dir."""
+    utterances = [Utterance(k, data.wav_scp[k], data.utt2spk[k]) for k in data.wav_scp]
+    write_raw_list(directory / "raw.list", utterances)
+    if not cfg.shards:
+        return
+    groups = shard_groups(utterances, cfg.shard_size)
+    jobs = [(str(directory / "shards" / f"shards_{i:06d}.tar"), group) for i, group in enumerate(groups)]
+    (directory / "shards").mkdir(parents=True, exist_ok=True)
+    if cfg.nj > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(min(cfg.nj, len(jobs))) as pool:
+            list(progress(pool.map(_write_shard_job, jobs), "writing shards", "shard", len(jobs)))
+    else:
+        for job in progress(jobs, "writing shards", "shard"):
+            _write_shard_job(job)
+    shard_paths = [str(final_directory / "shards" / Path(path).name) for path, _ in jobs]
+    atomic_write_text(directory / "shard.list", "".join(p + "\n" for p in shard_paths))
+
+
+def convert_trials(path: Path, known: set[str]) -> list[Trial]:
+    """Read a trial list (any accepted form) and check that every utterance is in the set."""
+    trials = read_trials(path)
+    for number, trial in enumerate(trials, 1):
+        for utt in (trial.enrol, trial.test):
+            if utt not in known:
+                raise DataError(f"{path}:{number}: utterance {utt!r} is not in the test set's wav.scp (or was "
+                                f"left out as bad audio); check that the trial list belongs to this corpus")
+    if all(t.target is None for t in trials):
+        raise DataError(f"{path}: trials carry no target/nontarget labels; stage 1 needs labelled trials")
+    return trials
+
+
+def prepare_speaker_set(wav_root: str | Path, out_dir: str | Path, cfg: PrepareConfig,
+                        trials: Iterable[tuple[str, Path]] = ()) -> KaldiDir:
+    """VoxCeleb-layout tree -> Kaldi dir with utt2dur, raw/shard lists and converted trial lists."""
+    out_dir = Path(out_dir).resolve()
+    wav_scp, utt2spk = scan_speaker_tree(wav_root)
+    utt2dur, problems = probe_audio(wav_scp, cfg, out_dir.name)
+    keep = set(utt2dur)
+    data = KaldiDir({k: v for k, v in wav_scp.items() if k in keep},
+                    {k: v for k, v in utt2spk.items() if k in keep}, utt2dur)
+    trial_lists = [(name, convert_trials(Path(path), keep)) for name, path in trials]
+    with atomic_directory(out_dir) as staging:
+        write_kaldi_dir(staging, data)
+        _write_bad_list(staging, problems)
+        for name, converted in trial_lists:
+            write_trials(staging / "trials" / name, converted)
+        write_lists(staging, out_dir, data, cfg)
+    log.info("%s: %d utterances, %d speakers, %.1f h%s", out_dir, len(data), len(data.speakers),
+             sum(utt2dur.values()) / 3600, f", {len(trial_lists)} trial list(s)" if trial_lists else "")
+    return data
+
+
+_INDEX = re.compile(r"(\d+)$")
+
+
+def musan_split(musan_root: str | Path) -> dict[str, dict[str, tuple[str, str]]]:
+    """Split MUSAN by the trailing file index: even -> train, odd -> test.
+
+    Returns ``{"train"|"test": {key: (path, category)}}``; the category is the folder directly under the
+    MUSAN root (never a substring test on the full path), the key the relative path without suffix.
+    """
+    musan_root = Path(musan_root).resolve()
+    split: dict[str, dict[str, tuple[str, str]]] = {"train": {}, "test": {}}
+    for path in _audio_files(musan_root):
+        relative = path.relative_to(musan_root)
+        category = relative.parts[0]
+        if category not in MUSAN_CATEGORIES:
+            raise DataError(f"{path}: MUSAN files must lie under one of {list(MUSAN_CATEGORIES)} in {musan_root}")
+        match = _INDEX.search(path.stem)
+        if match is None:
+            raise DataError(f"{path}: MUSAN file names end in an index (e.g. noise-free-sound-0001.wav); "
+                            f"cannot decide its train/test half")
+        half = "train" if int(match.group(1)) % 2 == 0 else "test"
+        split[half][relative.with_suffix("").as_posix()] = (str(path), category)
+    for half, files in split.items():
+        missing = [c for c in MUSAN_CATEGORIES if not any(cat == c for _, cat in files.values())]
+        if missing:
+            raise DataError(f"MUSAN {half} half under {musan_root} has no files of categories {missing}")
+    return split
+
+
+def prepare_noise_dir(files: dict[str, tuple[str, str]], out_dir: Path, cfg: PrepareConfig) -> None:
+    """Write a noise bank directory: wav.scp, utt2cat (category per file) and utt2dur."""
+    wav_scp = {k: p for k, (p, _) in files.items()}
+    utt2dur, problems = probe_audio(wav_scp, dataclasses.replace(cfg, min_duration=0.0), out_dir.name)
+    with atomic_directory(out_dir) as staging:
+        write_table(staging / "wav.scp", {k: wav_scp[k] for k in utt2dur})
+        write_table(staging / "utt2cat", {k: files[k][1] for k in utt2dur})
+        write_table(staging / "utt2dur", {k: f"{d:.3f}" for k, d in utt2dur.items()})
+        _write_bad_list(staging, problems)
+    log.info("%s: %d files", out_dir, len(utt2dur))
+
+
+def prepare_musan(musan_root: str | Path, out_root: str | Path, cfg: PrepareConfig) -> None:
+    """MUSAN -> ``<out_root>/musan_train`` (even indices) and ``<out_root>/musan_test`` (odd)."""
+    for half, files in musan_split(musan_root).items():
+        prepare_noise_dir(files, Path(out_root).resolve() / f"musan_{half}", cfg)
+
+
+def prepare_flat_bank(root: str | Path, out_dir: str | Path, category: str, cfg: PrepareConfig) -> None:
+    """Any folder of audio (RIRs, Nonspeech100) -> a noise bank directory of one category."""
+    root = Path(root).resolve()
+    files = {p.relative_to(root).with_suffix("").as_posix(): (str(p), category) for p in _audio_files(root)}
+    bad = [k for k in files if any(c.isspace() for c in k)]
+    if bad:
+        raise DataError(f"{root}: file {bad[0]!r} has whitespace in its name; rename it")
+    prepare_noise_dir(files, Path(out_dir).resolve(), cfg)
+
+
+def parse_trials_option(values: Iterable[str]) -> list[tuple[str, Path]]:
+    """``NAME=PATH`` command-line values -> (name, path) pairs."""
+    parsed = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path or os.sep in name:
+            raise ConfigError(f"--trials {value!r}: expected NAME=PATH, e.g. vox1_O=/data/voxceleb1/veri_test2.txt")
+        parsed.append((name, Path(path)))
+    return parsed

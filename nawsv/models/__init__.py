@@ -1,0 +1,1 @@
+"""Networks: WavLM student with adapters, frozen teacher, warm-up head, ECAPA-TDNN back-end."""

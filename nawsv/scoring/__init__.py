@@ -1,0 +1,1 @@
+"""Scoring: cosine, segment-pair and AS-norm scores; EER and minDCF; results tables."""

@@ -1,0 +1,1 @@
+"""Small shared helpers: errors, atomic writes, typed configs, seeding, logging, entry points."""

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# nawsv stage engine (Kaldi/ESPnet/WeSpeaker style). With no arguments it runs the embedded mini recipe
+# (egs/mini: synthetic corpus, tiny random-init WavLM, CPU minutes) end to end; egs/<name>/run.sh call
+# it with --recipe. Every stage is also `python -m nawsv.bin.<stage>`, rerunnable on its own:
+#   bash run.sh --stage 3 --stop_stage 6
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# The recipe is needed before option parsing: its defaults.sh adds recipe options (corpus roots, ...).
+recipe=$root/egs/mini
+argv=("$@")
+for ((i = 0; i < ${#argv[@]}; i++)); do
+  case "${argv[i]}" in
+    --recipe) recipe=${argv[i + 1]:-} ;;
+    --recipe=*) recipe=${argv[i]#*=} ;;
+  esac
+done
+[ -d "$recipe" ] || { echo "run.sh: recipe directory '$recipe' does not exist" >&2; exit 1; }
+recipe=$(cd "$recipe" && pwd)
+
+# ---- defaults (every one is an option: --name value) ----
+stage=1                 # first stage to run
+stop_stage=100          # last stage to run
+data=$recipe/data       # Kaldi data dirs
+exp=$recipe/exp/nawsv   # experiment dir (config copies, logs, checkpoints, embeddings, scores)
+conf=$recipe/conf       # stage configs; a file missing here is taken from $root/conf
+nj=2                    # parallel jobs for data preparation, noisy sets and extraction
+python=                 # interpreter; default: $root/.venv/bin/python (created by tools/install.sh)
+dry_run=false           # print the commands instead of running them
+recipe_options=         # recipe option names forwarded to local/prepare_data.sh (set in defaults.sh)
+. "$recipe/defaults.sh"
+
+help_message="Usage: bash run.sh [--recipe egs/<name>] [--stage N] [--stop_stage M] [--option value ...]
+Stages: 1 data preparation."
+parse_options_names="recipe stage stop_stage data exp conf nj python dry_run $recipe_options"
+. "$root/tools/parse_options.sh"
+[ $# -eq 0 ] || { echo "run.sh: unexpected argument '$1' (options are --name value)" >&2; exit 1; }
+
+if [ -z "$python" ]; then
+  python=$root/.venv/bin/python
+  if [ ! -x "$python" ] && [ "$dry_run" = false ]; then
+    echo "run.sh: no environment yet; creating it with tools/install.sh"
+    bash "$root/tools/install.sh"
+  fi
+fi
+export PATH="$(dirname "$python"):$PATH"
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+export NAWSV_PYTHON=$python
+
+# The stage config: the recipe's own file when it has one, else the shared default in conf/.
+config() { if [ -f "$conf/$1" ]; then echo "$conf/$1"; else echo "$root/conf/$1"; fi; }
+
+run() {
+  if [ "$dry_run" = true ]; then echo "+ $*"; else "$@"; fi
+}
+
+recipe_args=()
+for name in $recipe_options; do recipe_args+=("--$name" "${!name}"); done
+
+if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
+  echo "stage 1: data preparation -> $data"
+  run bash "$recipe/local/prepare_data.sh" --data "$data" --nj "$nj" --config "$(config prepare.yaml)" \
+    "${recipe_args[@]}"
+fi

@@ -1,0 +1,64 @@
+"""tools/parse_options.sh and the run.sh stage engine."""
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = """
+set -euo pipefail
+stage=1
+stop_stage=8
+use_gpu=false
+name=default
+. {root}/tools/parse_options.sh
+echo "$stage $stop_stage $use_gpu $name $#"
+"""
+
+
+def parse(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", "-c", SCRIPT.format(root=ROOT), "script", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args, expected", [
+    ((), "1 8 false default 0"),
+    (("--stop_stage", "3"), "1 3 false default 0"),
+    (("--stop-stage", "3", "--stage=2"), "2 3 false default 0"),
+    (("--use_gpu", "true", "--name", "with space"), "1 8 true with space 0"),
+    (("--stage", "4", "positional", "more"), "4 8 false default 2"),
+])
+def test_parse_options(args: tuple, expected: str) -> None:
+    proc = parse(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == expected
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--stag", "3"), "unknown option --stag"),
+    (("--use_gpu", "yes"), "takes true or false"),
+    (("--stage",), "needs a value"),
+])
+def test_parse_options_errors(args: tuple, message: str) -> None:
+    proc = parse(*args)
+    assert proc.returncode != 0 and message in proc.stderr
+
+
+def test_help() -> None:
+    proc = subprocess.run(["bash", str(ROOT / "run.sh"), "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    assert "Usage: bash run.sh" in proc.stdout and "--stop_stage" in proc.stdout and "--corpus" in proc.stdout
+
+
+def test_dry_run_prints_stage_commands(tmp_path: Path) -> None:
+    proc = subprocess.run(["bash", str(ROOT / "run.sh"), "--dry_run", "true", "--data", str(tmp_path / "d"),
+                           "--stop_stage", "1"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "stage 1: data preparation" in proc.stdout
+    assert "+ bash" in proc.stdout and "local/prepare_data.sh" in proc.stdout and f"--data {tmp_path}/d" in proc.stdout
+    assert not (tmp_path / "d").exists()
+
+
+def test_unknown_recipe_option() -> None:
+    proc = subprocess.run(["bash", str(ROOT / "run.sh"), "--vox1_root", "/x"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "unknown option --vox1_root" in proc.stderr
