@@ -26,14 +26,18 @@ data=$recipe/data       # Kaldi data dirs
 exp=$recipe/exp/nawsv   # experiment dir (config copies, logs, checkpoints, embeddings, scores)
 conf=$recipe/conf       # stage configs; a file missing here is taken from $root/conf
 nj=2                    # parallel jobs for data preparation, noisy sets and extraction
+train_set=              # training data dir name under $data (set by the recipe)
+test_sets=              # clean test set names under $data (set by the recipe)
+materialize_noisy=true  # stage 2: write noisy audio (true) or only manifests, mixed on the fly (false)
 python=                 # interpreter; default: $root/.venv/bin/python (created by tools/install.sh)
 dry_run=false           # print the commands instead of running them
 recipe_options=         # recipe option names forwarded to local/prepare_data.sh (set in defaults.sh)
 . "$recipe/defaults.sh"
 
 help_message="Usage: bash run.sh [--recipe egs/<name>] [--stage N] [--stop_stage M] [--option value ...]
-Stages: 1 data preparation."
-parse_options_names="recipe stage stop_stage data exp conf nj python dry_run $recipe_options"
+Stages: 1 data preparation, 2 noisy test sets."
+parse_options_names="recipe stage stop_stage data exp conf nj train_set test_sets materialize_noisy python dry_run
+  $recipe_options"
 . "$root/tools/parse_options.sh"
 [ $# -eq 0 ] || { echo "run.sh: unexpected argument '$1' (options are --name value)" >&2; exit 1; }
 
@@ -62,4 +66,13 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
   echo "stage 1: data preparation -> $data"
   run bash "$recipe/local/prepare_data.sh" --data "$data" --nj "$nj" --config "$(config prepare.yaml)" \
     "${recipe_args[@]}"
+fi
+
+if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+  echo "stage 2: noisy test sets -> $data/<set>_<category>_<snr>"
+  for set in $test_sets; do
+    run python -m nawsv.bin.make_noisy_sets --config "$(config noisy.yaml)" --data "$data/$set" \
+      --out_root "$data" --musan "$data/musan_test" --nonspeech "$data/nonspeech" \
+      --materialize "$materialize_noisy" --nj "$nj"
+  done
 fi

@@ -15,6 +15,7 @@ from bench.common import save
 
 BENCHMARKS = {
     "prepare": "bench.bench_prepare",
+    "noisy": "bench.bench_noisy",
 }
 
 

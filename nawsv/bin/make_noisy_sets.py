@@ -1,0 +1,76 @@
+"""Stage 2: deterministic noisy test sets, <out_root>/<set>_<category>_<snr>/ per (category, SNR) condition.
+
+Every utterance of every condition gets noise from a generator seeded by (seed, condition, utterance), so
+the audio is identical for any --nj, any --job/--num_jobs split and any rerun. Each condition holds a
+manifest.tsv (noise keys, offsets, gain, peak scale, clipped samples per utterance), the clean set's
+utt2spk/spk2utt/trials and, with --materialize true, 16-bit audio plus a wav.scp. Without it, no wav.scp
+is written and stage 5 mixes on the fly from the manifest (bit-identical to the materialised audio).
+
+A rerun skips finished conditions and chunks. Slurm arrays: run jobs 0..n-1 with --job i --num_jobs n;
+the last job to finish merges each condition (or run once more with --merge true).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from nawsv.data.noisy_sets import AUDIO_FORMATS, NoisySetConfig, make_noisy_sets
+from nawsv.utils.cli import add_common_options, positive_int, run_main, setup_logging, str2bool
+from nawsv.utils.config import load_config
+
+log = logging.getLogger("nawsv.bin.make_noisy_sets")
+
+
+def _job_index(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a job index >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a job index >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m nawsv.bin.make_noisy_sets", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="clean test set (Kaldi dir), e.g. data/vox1_O")
+    parser.add_argument("--out_root", type=Path, required=True,
+                        help="parent of the condition dirs <set>_<category>_<snr>, e.g. data")
+    parser.add_argument("--musan", type=Path,
+                        help="MUSAN *test* half bank (data/musan_test); needed for noise, music and babble")
+    parser.add_argument("--nonspeech", type=Path, help="Nonspeech100 bank (data/nonspeech); needed for nonspeech")
+    parser.add_argument("--set_name", help="name used in the condition dirs (default: the --data folder name)")
+    parser.add_argument("--config", type=Path, help="stage-2 YAML (conf/noisy.yaml); defaults apply when absent")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --override snrs=[0,10] (repeatable)")
+    parser.add_argument("--materialize", type=str2bool, default=True,
+                        help="write the mixed audio and a wav.scp (true), or only the manifest (false)")
+    parser.add_argument("--audio_format", choices=AUDIO_FORMATS, default="wav",
+                        help="container of materialised audio; both are lossless 16-bit PCM")
+    parser.add_argument("--nj", type=positive_int, default=1, help="worker processes")
+    parser.add_argument("--job", type=_job_index, default=0, help="this job's index, 0 .. num_jobs-1")
+    parser.add_argument("--num_jobs", type=positive_int, default=1,
+                        help="number of jobs sharing the work (e.g. a Slurm array); chunks are dealt round-robin")
+    parser.add_argument("--merge", type=str2bool, default=False,
+                        help="only merge finished partial manifests (fails naming any job still missing)")
+    add_common_options(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    cfg = load_config(NoisySetConfig, args.config, args.override)
+    dirs = make_noisy_sets(args.data, args.out_root, cfg, musan=args.musan, nonspeech=args.nonspeech,
+                           set_name=args.set_name, materialize=args.materialize, audio_format=args.audio_format,
+                           nj=args.nj, job=args.job, num_jobs=args.num_jobs, merge_only=args.merge)
+    log.info("%d condition dir(s) under %s", len(dirs), args.out_root)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
