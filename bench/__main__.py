@@ -16,6 +16,7 @@ from bench.common import save
 BENCHMARKS = {
     "prepare": "bench.bench_prepare",
     "noisy": "bench.bench_noisy",
+    "scoring": "bench.bench_scoring",
 }
 
 

@@ -1,0 +1,56 @@
+"""Stage 6: cosine / segment-mean / full / AS-norm scoring of every trial list in every test condition,
+then EER and minDCF into <exp>/results.tsv and <exp>/results.md (also printed).
+
+Conditions are the clean <test_set> plus every <exp>/embeddings/<test_set>_<category>_<snr> directory whose
+category and SNR the config lists (or exactly the config's `conditions`).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from nawsv.scoring.config import ScoreConfig
+from nawsv.scoring.stage import ScoreJob, run_score_stage
+from nawsv.utils.cli import add_common_options, run_main, setup_logging
+from nawsv.utils.config import load_config
+
+log = logging.getLogger("nawsv.bin.score")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m nawsv.bin.score", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--exp_dir", type=Path, required=True,
+                        help="experiment dir holding embeddings/<set>/xvector.scp; scores/ and results.* go here")
+    parser.add_argument("--data_dir", type=Path, required=True,
+                        help="Kaldi data root holding <test_set>/trials/ and <cohort_set>/utt2spk")
+    parser.add_argument("--test_set", required=True, help="clean test set name, e.g. mini_test or vox1_O")
+    parser.add_argument("--trials", action="append", default=[], metavar="NAME",
+                        help="trial list name under <data_dir>/<test_set>/trials/ (repeatable; default: all of them)")
+    parser.add_argument("--cohort_set", default=None,
+                        help="training set whose speaker-mean embeddings form the AS-norm cohort, e.g. mini_dev "
+                             "(needed when methods include asnorm)")
+    parser.add_argument("--config", type=Path, help="stage-6 YAML (conf/score.yaml); defaults apply when absent")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --override asnorm_top_n=100 (repeatable)")
+    add_common_options(parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    cfg = load_config(ScoreConfig, args.config, args.override)
+    job = ScoreJob(exp_dir=args.exp_dir, data_dir=args.data_dir, test_set=args.test_set, trials=args.trials,
+                   cohort_set=args.cohort_set)
+    rows, text = run_score_stage(job, cfg)
+    log.info("wrote %d result rows to %s and %s", len(rows), job.exp_dir / "results.tsv", job.exp_dir / "results.md")
+    print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

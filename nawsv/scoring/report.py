@@ -1,0 +1,180 @@
+"""Stage 7: figures and ``report.md`` from stage 6's ``results.tsv`` and score files, beside the paper's numbers.
+
+Writes ``<exp>/report/eer_vs_snr.png`` (EER over SNR, a line per category, a panel per trial list),
+``<exp>/report/det_<trials>.png`` (DET curves: clean and every category at one SNR) and
+``<exp>/report/report.md``.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from nawsv.scoring.conditions import CLEAN
+from nawsv.scoring.config import ReportConfig, ScoreConfig
+from nawsv.scoring.metrics import det_curve
+from nawsv.scoring.paper_reference import (PAPER_CATEGORIES, PAPER_NUM_TRIALS, PAPER_RUNS, PAPER_SNRS, PAPER_TRIALS,
+                                           SOURCE, PaperRun)
+from nawsv.scoring.plots import plot_det, plot_eer_vs_snr
+from nawsv.scoring.results import GridLayout, ResultRow, cells_phrase, mean_of, read_results_tsv
+from nawsv.scoring.score_files import read_scores
+from nawsv.scoring.stage import score_path
+from nawsv.utils.atomic import atomic_write_text
+from nawsv.utils.config import config_from_dict, read_yaml
+
+log = logging.getLogger(__name__)
+
+
+def load_score_config(exp_dir: Path) -> ScoreConfig:
+    """The config stage 6 ran with (``<exp>/scores/config.yaml``); defaults when it is absent."""
+    path = exp_dir / "scores" / "config.yaml"
+    if not path.is_file():
+        log.warning("%s is missing; assuming the default stage-6 config", path)
+        return ScoreConfig()
+    return config_from_dict(ScoreConfig, read_yaml(path), str(path))
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _comparability(name: str, num_trials: int, test_set: str) -> str:
+    if num_trials != PAPER_NUM_TRIALS:
+        return (f"**Not comparable.** Trial list {name} of test set {test_set} has {num_trials} trials, not the "
+                f"{PAPER_NUM_TRIALS} of {PAPER_TRIALS}: it comes from a different corpus (for example the synthetic "
+                f"mini corpus), so its numbers say nothing about how this system compares with the paper. The "
+                f"paper's columns only show what the comparison looks like.")
+    return (f"Trial list {name} has the size of {PAPER_TRIALS} ({PAPER_NUM_TRIALS} trials). Its numbers are "
+            f"comparable with the paper's only if it is that list on VoxCeleb1 audio with the same model setup; the "
+            f"noisy sets are synthesised with other (seeded) noise draws than the paper's unseeded ones, so noisy "
+            f"cells agree at best in expectation.")
+
+
+def _paper_mean(run: PaperRun, cells: set[tuple[str, int]]) -> float | None:
+    """The paper's logged average over exactly ``cells``, or None when it logged no average over that set."""
+    for category, value in run.category_means.items():
+        if cells == {(category, s) for s in PAPER_SNRS}:
+            return value
+    for snr, value in run.snr_means.items():
+        if cells == {(c, snr) for c in PAPER_CATEGORIES}:
+            return value
+    if cells == set(run.noisy):
+        return run.noisy_mean_15
+    return None
+
+
+def comparison_table(rows: Sequence[ResultRow], score_cfg: ScoreConfig) -> list[str]:
+    """Our EERs per condition beside the paper's runs, with every average named by its cells."""
+    runs = PAPER_RUNS
+    head = ["| condition | ours | " + " | ".join(run.label for run in runs) + " |", "|---" * (len(runs) + 2) + "|"]
+    by_key = {(r.condition, r.method): 100 * r.eer for r in rows}
+
+    def line(label: str, ours: float | None, paper: Sequence[float | str | None]) -> str:
+        shown = [v if isinstance(v, str) else _fmt(v) for v in paper]
+        return f"| {label} | {_fmt(ours)} | " + " | ".join(shown) + " |"
+
+    def mean_line(label: str, cells: list[tuple[str, int]]) -> str:
+        present = [cell for cell in cells if cell in grid]
+        return line(label, mean_of(grid, present), [_paper_mean(run, set(present)) for run in runs])
+
+    out = head + [
+        line("clean, `full` (paper: EER_full)", by_key.get((CLEAN, "full")), [r.clean_full for r in runs]),
+        line("clean, `segment` (paper: EER_clean, TTA)", by_key.get((CLEAN, "segment")),
+             [r.clean_segment for r in runs])]
+    method = score_cfg.noisy_method
+    grid = {(r.category, r.snr): 100 * r.eer for r in rows if r.category is not None and r.method == method}
+    layout = GridLayout.of(grid, score_cfg.categories, score_cfg.snrs)
+    for category in layout.categories:
+        for snr in layout.snrs:
+            if (category, snr) in grid:
+                out.append(line(f"{category} {snr} dB", grid[(category, snr)],
+                                [run.noisy.get((category, snr)) for run in runs]))
+    for category in layout.categories:
+        out.append(mean_line(f"mean {category} ({_snr_list(layout.snrs)} dB)", [(category, s) for s in layout.snrs]))
+    for snr in layout.snrs if layout.musan else ():
+        out.append(mean_line(f"mean {snr} dB ({'/'.join(layout.musan)})", [(c, snr) for c in layout.musan]))
+    for label, cats in layout.groups():
+        cells = [(c, s) for c in cats for s in layout.snrs if (c, s) in grid]
+        out.append(mean_line(f"{label}: {cells_phrase(cells, layout.categories, layout.snrs)}", cells))
+    out.append(line("README claim, clean", None, [f"{r.readme_clean:.2f}" for r in runs]))
+    out.append(line("README claim, noisy (its averaging is unresolved: spec section 6.3)", None,
+                    [f"{r.readme_noisy:.2f}" for r in runs]))
+    return out
+
+
+def _snr_list(snrs: Sequence[int]) -> str:
+    return "/".join(str(s) for s in snrs)
+
+
+def _eer_panels(rows: Sequence[ResultRow], trial_names: Sequence[str], method: str
+                ) -> list[tuple[str, dict[str, list[tuple[int, float]]], float | None]]:
+    panels = []
+    for name in trial_names:
+        lines: dict[str, list[tuple[int, float]]] = {}
+        clean = None
+        for row in rows:
+            if row.trials != name or row.method != method:
+                continue
+            if row.condition == CLEAN:
+                clean = 100 * row.eer
+            else:
+                lines.setdefault(row.category, []).append((row.snr, 100 * row.eer))
+        if lines:
+            panels.append((f"{name}: {method} scoring", lines, clean))
+    return panels
+
+
+def _det_curves(exp_dir: Path, rows: Sequence[ResultRow], name: str, score_cfg: ScoreConfig, snr: int
+                ) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    wanted = [(CLEAN, score_cfg.clean_method, f"clean ({score_cfg.clean_method})")]
+    if score_cfg.noisy_method != score_cfg.clean_method:
+        wanted.append((CLEAN, score_cfg.noisy_method, f"clean ({score_cfg.noisy_method})"))
+    conditions = {r.condition for r in rows if r.trials == name and r.snr == snr}
+    wanted += [(f"{c}_{snr}", score_cfg.noisy_method, f"{c} {snr} dB ({score_cfg.noisy_method})")
+               for c in score_cfg.categories if f"{c}_{snr}" in conditions]
+    curves = []
+    for condition, method, label in wanted:
+        path = score_path(exp_dir / "scores", name, condition, method)
+        if not path.is_file():
+            log.warning("no score file %s; leaving %s out of the DET plot", path, label)
+            continue
+        _, scores, labels = read_scores(path)
+        if labels is None:
+            continue
+        fpr, fnr, _ = det_curve(scores, labels)
+        curves.append((label, fpr, fnr))
+    return curves
+
+
+def run_report(exp_dir: Path, cfg: ReportConfig) -> str:
+    """Write the figures and report.md; returns the report text."""
+    rows = read_results_tsv(exp_dir / "results.tsv")
+    score_cfg = load_score_config(exp_dir)
+    report_dir = exp_dir / "report"
+    trial_names = list(dict.fromkeys(r.trials for r in rows))
+    out = [f"# NAW-SV report: {exp_dir.resolve().name}", "",
+           f"Our numbers come from `results.tsv` (stage 6). The paper's are EERs (%) on {PAPER_TRIALS} "
+           f"({PAPER_NUM_TRIALS} trials) of WavLM-Base+ NAW-SV systems, from {SOURCE}. The paper's category "
+           f"\"speech\" is our `babble`; it reports no minDCF (ours are in results.md) and no Nonspeech100 cells.",
+           ""]
+    panels = _eer_panels(rows, trial_names, score_cfg.noisy_method)
+    if panels:
+        plot_eer_vs_snr(report_dir / "eer_vs_snr.png", panels, "EER (%)", cfg.dpi)
+        out += ["![EER versus SNR](eer_vs_snr.png)", ""]
+    else:
+        out += ["No noisy conditions were scored, so there is no EER-versus-SNR figure.", ""]
+    for name in trial_names:
+        mine = [r for r in rows if r.trials == name]
+        out += [f"## Trials {name}", "", _comparability(name, mine[0].num_trials, mine[0].set_name), ""]
+        out += comparison_table(mine, score_cfg)
+        out += ["", f"Noisy rows use `{score_cfg.noisy_method}` scoring (the paper's noisy numbers are TTA = "
+                    f"`segment`); every mean is over exactly the cells named in its row.", ""]
+        curves = _det_curves(exp_dir, rows, name, score_cfg, cfg.det_snr)
+        if curves:
+            plot_det(report_dir / f"det_{name}.png", curves, f"DET, trials {name}", cfg.dpi)
+            out += [f"![DET curves of {name}](det_{name}.png)", ""]
+    text = "\n".join(out).rstrip() + "\n"
+    atomic_write_text(report_dir / "report.md", text)
+    return text

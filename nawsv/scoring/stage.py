@@ -1,0 +1,173 @@
+"""Stage 6: score every trial list in every test condition with every configured method.
+
+Reads ``<exp>/embeddings/<set>/xvector[_seg].scp`` and ``<data>/<test_set>/trials/*``; writes
+``<exp>/scores/<trials>_<condition>_<method>.score``, ``<exp>/results.tsv``, ``<exp>/results.md`` and the
+resolved config ``<exp>/scores/config.yaml``. Everything is recomputed on each run and written atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from nawsv.data.kaldi import Trial, read_table, read_trials
+from nawsv.scoring.asnorm import (Cohort, asnorm_scores, cohort_statistics, effective_top_n, speaker_cohort,
+                                  trial_rows)
+from nawsv.scoring.conditions import Condition, discover_conditions
+from nawsv.scoring.config import ScoreConfig
+from nawsv.scoring.cosine import (TrialIndex, full_scores, index_trials, pair_scores, segment_directions,
+                                  trial_labels, utterance_directions)
+from nawsv.scoring.embeddings import read_matrix_scp, read_vector_scp
+from nawsv.scoring.metrics import compute_metrics
+from nawsv.scoring.results import ResultRow, results_markdown, write_results_tsv
+from nawsv.scoring.score_files import write_scores
+from nawsv.utils.atomic import atomic_write_text
+from nawsv.utils.config import save_config
+from nawsv.utils.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+VECTOR_SCP = "xvector.scp"
+SEGMENT_SCP = "xvector_seg.scp"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreJob:
+    """Where stage 6 reads and writes."""
+
+    exp_dir: Path
+    data_dir: Path
+    test_set: str
+    trials: list[str]               # names under <data>/<test_set>/trials/; empty: all of them
+    cohort_set: str | None = None
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.exp_dir / "embeddings"
+
+    @property
+    def scores_dir(self) -> Path:
+        return self.exp_dir / "scores"
+
+    @property
+    def trials_dir(self) -> Path:
+        return self.data_dir / self.test_set / "trials"
+
+
+def score_path(scores_dir: Path, trials: str, condition: str, method: str) -> Path:
+    """The score file of one trial list, condition and method."""
+    return scores_dir / f"{trials}_{condition}_{method}.score"
+
+
+def load_trial_lists(job: ScoreJob) -> dict[str, list[Trial]]:
+    """The trial lists to score, by name (all files in the trials dir when none are named)."""
+    if not job.trials_dir.is_dir():
+        raise DataError(f"{job.trials_dir} does not exist; stage 1 writes trial lists there (check --data_dir and "
+                        f"--test_set)")
+    names = job.trials or sorted(p.name for p in job.trials_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not names:
+        raise DataError(f"{job.trials_dir} holds no trial lists; rerun stage 1 with --trials NAME=PATH")
+    for name in names:
+        if not (job.trials_dir / name).is_file():
+            available = sorted(p.name for p in job.trials_dir.iterdir() if p.is_file())
+            raise DataError(f"trial list {name!r} is not in {job.trials_dir}; available: {', '.join(available)}")
+    return {name: read_trials(job.trials_dir / name) for name in names}
+
+
+def load_cohort(job: ScoreJob) -> Cohort:
+    """Speaker-mean cohort from ``<exp>/embeddings/<cohort_set>/xvector.scp`` and ``<data>/<cohort_set>/utt2spk``."""
+    assert job.cohort_set is not None
+    utt2spk = job.data_dir / job.cohort_set / "utt2spk"
+    table = read_vector_scp(job.embeddings_dir / job.cohort_set / VECTOR_SCP)
+    cohort = speaker_cohort(table, read_table(utt2spk), utt2spk)
+    log.info("AS-norm cohort: %d speakers from %d embeddings of %s", len(cohort.speakers), len(table), job.cohort_set)
+    return cohort
+
+
+def _available_methods(cfg: ScoreConfig, has_segments: bool, condition: Condition) -> list[str]:
+    methods = list(cfg.methods)
+    if not has_segments and ({"segment", "full"} & set(methods)):
+        log.warning("%s: no %s; skipping the segment and full methods for this condition (extract segment "
+                    "embeddings in stage 5 to get them)", condition.set_name, SEGMENT_SCP)
+        methods = [m for m in methods if m not in ("segment", "full")]
+    return methods
+
+
+def score_condition(job: ScoreJob, cfg: ScoreConfig, condition: Condition, trial_lists: dict[str, list[Trial]],
+                    cohort: Cohort | None, top_n: int) -> dict[str, dict[str, np.ndarray]]:
+    """Scores per trial list and method for one condition (in trial order)."""
+    set_dir = job.embeddings_dir / condition.set_name
+    vectors = read_vector_scp(set_dir / VECTOR_SCP)
+    directions = utterance_directions(vectors)
+    has_segments = (set_dir / SEGMENT_SCP).is_file()
+    methods = _available_methods(cfg, has_segments, condition)
+    segments = read_matrix_scp(set_dir / SEGMENT_SCP) if has_segments and ({"segment", "full"} & set(methods)) else None
+    seg_directions = segment_directions(segments) if segments is not None else None
+    indices: dict[str, TrialIndex] = {name: index_trials(trials, vectors.index, job.trials_dir / name, vectors.source)
+                                      for name, trials in trial_lists.items()}
+    stats = None
+    if "asnorm" in methods:
+        assert cohort is not None
+        rows = np.unique(np.concatenate([trial_rows(i) for i in indices.values()]))
+        stats = cohort_statistics(directions, cohort, top_n, rows)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name, trials in trial_lists.items():
+        cosine = pair_scores(directions, indices[name])
+        scores = {"cosine": cosine}
+        if seg_directions is not None:
+            seg_index = index_trials(trials, segments.index, job.trials_dir / name, segments.source)
+            scores["segment"] = pair_scores(seg_directions, seg_index)
+            scores["full"] = full_scores(cosine, scores["segment"])
+        if stats is not None:
+            scores["asnorm"] = asnorm_scores(cosine, indices[name], stats)
+        out[name] = {m: scores[m] for m in methods}
+    return out
+
+
+def run_score_stage(job: ScoreJob, cfg: ScoreConfig) -> tuple[list[ResultRow], str]:
+    """Score, write score files and results tables; returns the rows and the results.md text."""
+    if "asnorm" in cfg.methods and not job.cohort_set:
+        raise ConfigError("the asnorm method needs a cohort: pass --cohort_set <training set with embeddings> "
+                          "(e.g. mini_dev), or drop it with --override 'methods=[cosine,segment,full]'")
+    conditions = discover_conditions(job.embeddings_dir, job.test_set, cfg.categories, cfg.snrs, cfg.conditions)
+    log.info("conditions: %s", ", ".join(c.name for c in conditions))
+    trial_lists = load_trial_lists(job)
+    cohort = load_cohort(job) if "asnorm" in cfg.methods else None
+    top_n = effective_top_n(cfg.asnorm_top_n, cohort) if cohort is not None else cfg.asnorm_top_n
+    labels = {name: trial_labels(trials) for name, trials in trial_lists.items()}
+    unlabelled = [name for name, value in labels.items() if value is None]
+    for name in unlabelled:
+        log.warning("trial list %s has no target/nontarget labels: writing its scores without metrics", name)
+    rows: list[ResultRow] = []
+    for condition in conditions:
+        scored = score_condition(job, cfg, condition, trial_lists, cohort, top_n)
+        for name, by_method in scored.items():
+            for method, scores in by_method.items():
+                write_scores(score_path(job.scores_dir, name, condition.name, method), trial_lists[name], scores)
+                if labels[name] is None:
+                    continue
+                metrics = compute_metrics(scores, labels[name], cfg.p_targets, cfg.c_miss, cfg.c_fa,
+                                          source=f"{name} / {condition.name} / {method}")
+                rows.append(ResultRow(name, condition.set_name, condition.name, condition.category, condition.snr,
+                                      method, len(scores), metrics.eer, metrics.min_dcf))
+        log.info("scored %s", condition.set_name)
+    resolved = dataclasses.replace(cfg, conditions=[c.name for c in conditions if not c.is_clean])
+    save_config(resolved, job.scores_dir, allow_change=True)
+    notes = _notes(job, top_n, cohort)
+    text = results_markdown(rows, title=f"Results of {job.exp_dir.resolve().name}", methods=cfg.methods,
+                            p_targets=cfg.p_targets, categories=cfg.categories, snrs=cfg.snrs,
+                            noisy_method=cfg.noisy_method, notes=notes, unlabelled=unlabelled)
+    write_results_tsv(job.exp_dir / "results.tsv", rows, cfg.p_targets)
+    atomic_write_text(job.exp_dir / "results.md", text)
+    return rows, text
+
+
+def _notes(job: ScoreJob, top_n: int, cohort: Cohort | None) -> Sequence[str]:
+    notes = [f"test set {job.test_set}; embeddings from {job.embeddings_dir}; score files in {job.scores_dir}"]
+    if cohort is not None:
+        notes.append(f"asnorm: top {top_n} of {len(cohort.speakers)} cohort speakers "
+                     f"(speaker means of {job.cohort_set}), population std")
+    return notes
