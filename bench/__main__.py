@@ -17,6 +17,7 @@ BENCHMARKS = {
     "prepare": "bench.bench_prepare",
     "noisy": "bench.bench_noisy",
     "scoring": "bench.bench_scoring",
+    "models": "bench.bench_models",
 }
 
 

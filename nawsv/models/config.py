@@ -1,0 +1,88 @@
+"""Typed options of the SSL front-end (WavLM student / teacher), shared by the warm-up and fine-tune stages.
+
+Import-light on purpose (no torch / transformers): stage configs embed :class:`SSLConfig` and are validated
+before any model is built.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+# The WavLM convolutional front end: 7 layers, total stride 320 samples = one frame every 20 ms at 16 kHz,
+# receptive field 400 samples. Every preset keeps it so crops give the same frame counts as WavLM Base+.
+_CONV_KERNEL = [10, 3, 3, 3, 3, 2, 2]
+_CONV_STRIDE = [5, 2, 2, 2, 2, 2, 2]
+
+# Random-initialisation architectures (the WavLMConfig keyword arguments). A pre-trained directory
+# (SSLConfig.pretrained) always brings its own config.json instead.
+PRESETS: dict[str, dict[str, Any]] = {
+    # A very small WavLM for unit tests and the CPU mini recipe (about 0.7 M parameters).
+    "tiny": dict(
+        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256,
+        conv_dim=[64] * 7, conv_kernel=_CONV_KERNEL, conv_stride=_CONV_STRIDE, conv_bias=False,
+        feat_extract_norm="group", num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=8,
+        num_buckets=320, max_bucket_distance=800, do_stable_layer_norm=False,
+        hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, feat_proj_dropout=0.1,
+        layerdrop=0.05, mask_time_prob=0.05,
+    ),
+    # The microsoft/wavlm-base-plus architecture (94.7 M parameters), for benchmarks without the weights.
+    "base_plus": dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+        conv_dim=[512] * 7, conv_kernel=_CONV_KERNEL, conv_stride=_CONV_STRIDE, conv_bias=False,
+        feat_extract_norm="group", num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16,
+        num_buckets=320, max_bucket_distance=800, do_stable_layer_norm=False,
+        hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, feat_proj_dropout=0.1,
+        layerdrop=0.05, mask_time_prob=0.05,
+    ),
+}
+
+FRAME_STRIDE = 320            # samples per WavLM frame (20 ms at 16 kHz)
+RECEPTIVE_FIELD = 400         # samples seen by the first frame
+
+
+def num_frames(num_samples: int) -> int:
+    """Frames the WavLM CNN produces for ``num_samples`` samples (149 for 3 s, 299 for 6 s)."""
+    frames = num_samples
+    for kernel, stride in zip(_CONV_KERNEL, _CONV_STRIDE):
+        frames = (frames - kernel) // stride + 1
+    return max(frames, 0)
+
+
+@dataclasses.dataclass
+class SSLConfig:
+    """WavLM source, adapters and SpecAugment-style masking (defaults: the phase-1 masking of the paper)."""
+
+    pretrained: str | None = None             # local Hugging Face model dir (e.g. wavlm-base-plus); None = random init
+    preset: Literal["tiny", "base_plus"] = "tiny"   # architecture used when pretrained is None
+    init_seed: int = 0                        # seeds random init (model and adapters), so student == teacher backbone
+    adapter_dim: int = 64                     # bottleneck width of the parallel adapters (768 -> 64 -> 768)
+    zero_init_adapters: bool = False          # zero the up-projection: student == teacher at step 0 (spec 7.2-6)
+    mask_time_prob: float = 0.1               # phase 1: 0.1 / 5; phase 2: 0.05 / 10
+    mask_time_length: int = 5
+    mask_time_min_masks: int = 2
+    mask_feature_prob: float = 0.05           # phase 1: 0.05 / 10; phase 2: 0 (no channel masking)
+    mask_feature_length: int = 10
+    mask_feature_min_masks: int = 0
+
+    def __post_init__(self) -> None:
+        if self.pretrained is not None and not self.pretrained.strip():
+            raise ValueError("pretrained must be a model directory or null (random init), not an empty string")
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        if self.adapter_dim < 1:
+            raise ValueError(f"adapter_dim must be >= 1, got {self.adapter_dim}")
+        for name in ("mask_time_prob", "mask_feature_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+        for name in ("mask_time_length", "mask_feature_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("mask_time_min_masks", "mask_feature_min_masks"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @property
+    def random_init(self) -> bool:
+        """True when no pre-trained weights are used (results must then be labelled as random-init)."""
+        return self.pretrained is None

@@ -1,0 +1,314 @@
+"""WavLM student/teacher: full pre-trained loading, hidden-state conventions, adapters, masking, save/load."""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import WavLMConfig, WavLMModel
+
+from nawsv.models.adapter import attach_adapters
+from nawsv.models.config import SSLConfig, num_frames
+from nawsv.models.masking import apply_spec_masks, span_mask, span_starts
+from nawsv.models.ssl import (build_student, build_student_from_state, build_teacher, encoder_state,
+                              load_encoder_state, save_encoder)
+from nawsv.utils.errors import ConfigError, ExperimentError
+
+SMALL = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128, conv_dim=[32] * 7,
+             num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4, layerdrop=0.1, mask_time_prob=0.05)
+
+
+def _save_hf_dir(path: Path, **overrides) -> Path:
+    torch.manual_seed(123)
+    WavLMModel(WavLMConfig(**{**SMALL, **overrides})).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def post_ln_dir(tmp_path_factory) -> Path:
+    return _save_hf_dir(tmp_path_factory.mktemp("wavlm_post_ln"))
+
+
+@pytest.fixture(scope="module")
+def pre_ln_dir(tmp_path_factory) -> Path:
+    return _save_hf_dir(tmp_path_factory.mktemp("wavlm_pre_ln"), do_stable_layer_norm=True,
+                        feat_extract_norm="layer")
+
+
+@pytest.fixture(scope="module")
+def wav() -> torch.Tensor:
+    return torch.randn(2, 12000, generator=torch.Generator().manual_seed(5))  # 0.75 s -> 37 frames
+
+
+def _hf_reference(directory: Path, wav: torch.Tensor):
+    model = WavLMModel.from_pretrained(directory).eval()
+    with torch.no_grad():
+        return model(wav, output_hidden_states=True)
+
+
+def _checkpoint(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def _no_dropout(module: nn.Module) -> None:
+    for sub in module.modules():
+        if isinstance(sub, nn.Dropout):
+            sub.p = 0.0
+        if hasattr(sub, "dropout") and isinstance(sub.dropout, float):
+            sub.dropout = 0.0
+
+
+def test_every_pretrained_key_is_loaded_into_student_and_teacher(post_ln_dir):
+    checkpoint = _checkpoint(post_ln_dir)
+    cfg = SSLConfig(pretrained=str(post_ln_dir))
+    for model in (build_student(cfg), build_teacher(cfg)):
+        backbone = model.wavlm.state_dict()
+        assert set(backbone) == set(checkpoint)
+        for key, value in checkpoint.items():
+            assert torch.equal(backbone[key], value), key
+    student_keys = set(build_student(SSLConfig(pretrained=str(post_ln_dir))).state_dict())
+    extra = {k for k in student_keys if not k.startswith("wavlm.")}
+    assert extra and all(k.startswith("adapters.") for k in extra)
+    assert {k[len("wavlm."):] for k in student_keys - extra} == set(checkpoint)
+
+
+@pytest.mark.parametrize("drop", ["encoder.pos_conv_embed.conv.parametrizations.weight.original0",
+                                  "encoder.layer_norm.weight", "masked_spec_embed"])
+def test_checkpoint_missing_a_key_is_a_clear_error(post_ln_dir, tmp_path, drop):
+    broken = tmp_path / "broken"
+    shutil.copytree(post_ln_dir, broken)
+    state = _checkpoint(broken)
+    del state[drop]
+    save_file(state, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match=drop.replace(".", r"\.")):
+        build_student(SSLConfig(pretrained=str(broken)))
+
+
+def test_checkpoint_with_an_unexpected_key_is_an_error(post_ln_dir, tmp_path):
+    broken = tmp_path / "extra"
+    shutil.copytree(post_ln_dir, broken)
+    state = _checkpoint(broken)
+    state["project_q.weight"] = torch.zeros(3)
+    save_file(state, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ConfigError, match="project_q.weight"):
+        build_teacher(SSLConfig(pretrained=str(broken)))
+
+
+def test_not_a_model_dir_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="no config.json"):
+        build_student(SSLConfig(pretrained=str(tmp_path)))
+
+
+def test_zero_init_student_equals_teacher_on_all_hidden_states(post_ln_dir, wav):
+    cfg = SSLConfig(pretrained=str(post_ln_dir), zero_init_adapters=True)
+    student, teacher = build_student(cfg).eval(), build_teacher(cfg)
+    with torch.no_grad():
+        s, t = student(wav), teacher(wav)
+    assert s.shape == (2, 4, num_frames(12000), 64) == (2, 4, 37, 64)
+    torch.testing.assert_close(s, t, atol=1e-5, rtol=0)
+
+
+def test_hidden_states_follow_hf_indexing_post_ln(post_ln_dir, wav):
+    reference = _hf_reference(post_ln_dir, wav)
+    states = build_teacher(SSLConfig(pretrained=str(post_ln_dir)))(wav)
+    assert states.shape[1] == len(reference.hidden_states) == 4
+    for index, expected in enumerate(reference.hidden_states):
+        torch.testing.assert_close(states[:, index], expected, atol=1e-5, rtol=0)
+
+
+def test_hidden_states_pre_ln_last_state_is_the_normalised_encoder_output(pre_ln_dir, wav):
+    reference = _hf_reference(pre_ln_dir, wav)
+    states = build_teacher(SSLConfig(pretrained=str(pre_ln_dir)))(wav)
+    for index in range(states.shape[1] - 1):
+        torch.testing.assert_close(states[:, index], reference.hidden_states[index], atol=1e-5, rtol=0)
+    torch.testing.assert_close(states[:, -1], reference.last_hidden_state, atol=1e-5, rtol=0)
+
+
+def _capture_inputs(module: nn.Module, store: list) -> None:
+    module.register_forward_pre_hook(lambda m, args: store.append(args[0].detach().clone()))
+
+
+def _ffn(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    ff = layer.feed_forward
+    return ff.output_dense(ff.intermediate_act_fn(ff.intermediate_dense(x)))
+
+
+def _adapter(adapter: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Up(ELU(Down(x))) written out with the adapter's weights."""
+    down = x @ adapter.down.weight.t() + adapter.down.bias
+    return nn.functional.elu(down) @ adapter.up.weight.t() + adapter.up.bias
+
+
+def test_adapter_sits_on_the_ffn_branch_post_ln(post_ln_dir, wav):
+    student = build_student(SSLConfig(pretrained=str(post_ln_dir))).eval()
+    layer, adapter = student.wavlm.encoder.layers[1], student.adapters[1]
+    ffn_in, final_ln_in = [], []
+    _capture_inputs(layer.feed_forward, ffn_in)
+    _capture_inputs(layer.final_layer_norm, final_ln_in)
+    with torch.no_grad():
+        student(wav)
+        x = ffn_in[0]
+        expected = x + _ffn(layer, x) + _adapter(adapter, x)
+    torch.testing.assert_close(final_ln_in[0], expected, atol=1e-5, rtol=0)
+
+
+def test_adapter_sits_on_the_ffn_branch_pre_ln(pre_ln_dir, wav):
+    student = build_student(SSLConfig(pretrained=str(pre_ln_dir))).eval()
+    layer, adapter = student.wavlm.encoder.layers[0], student.adapters[0]
+    residual, ffn_in, outputs = [], [], []
+    _capture_inputs(layer.final_layer_norm, residual)
+    _capture_inputs(layer.feed_forward, ffn_in)
+    layer.register_forward_hook(lambda m, a, out: outputs.append(out[0].detach().clone()))
+    with torch.no_grad():
+        student(wav)
+        torch.testing.assert_close(ffn_in[0], layer.final_layer_norm(residual[0]))
+        x = ffn_in[0]
+        expected = residual[0] + _ffn(layer, x) + _adapter(adapter, x)
+    torch.testing.assert_close(outputs[0], expected, atol=1e-5, rtol=0)
+
+
+def test_nonzero_adapters_change_the_output(post_ln_dir, wav):
+    cfg = SSLConfig(pretrained=str(post_ln_dir))
+    student, teacher = build_student(cfg).eval(), build_teacher(cfg)
+    with torch.no_grad():
+        s, t = student(wav), teacher(wav)
+    torch.testing.assert_close(s[:, 0], t[:, 0], atol=1e-6, rtol=0)       # adapters act inside the layers only
+    assert (s[:, 1:] - t[:, 1:]).abs().max() > 1e-4
+    hidden, width, layers = 64, cfg.adapter_dim, 3
+    assert sum(p.numel() for p in student.adapter_parameters()) == layers * (2 * hidden * width + width + hidden)
+    assert {id(p) for p in student.adapter_parameters()}.isdisjoint(id(p) for p in student.backbone_parameters())
+    assert len(list(student.parameters())) == len(student.adapter_parameters()) + len(student.backbone_parameters())
+
+
+def test_adapter_parameter_count_for_base_plus_sizes():
+    layers = nn.ModuleList(nn.Module() for _ in range(12))
+    for layer in layers:
+        layer.feed_forward = nn.Identity()
+    adapters = attach_adapters(layers, 768, 64)
+    assert sum(p.numel() for p in adapters.parameters()) == 12 * (768 * 64 + 64 + 64 * 768 + 768) == 1_189_632
+    assert torch.equal(adapters[0].down.bias, torch.zeros(64))
+    assert 0.015 < adapters[0].down.weight.std().item() < 0.025       # HF Linear init: normal(0, 0.02)
+
+
+def test_teacher_is_frozen_and_stays_in_eval_mode(post_ln_dir, wav):
+    teacher = build_teacher(SSLConfig(pretrained=str(post_ln_dir)))
+    parent = nn.ModuleDict({"teacher": teacher, "head": nn.Linear(2, 2)})
+    parent.train()
+    assert parent["head"].training and not teacher.training
+    assert not any(m.training for m in teacher.modules())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    out = teacher(wav)
+    assert not out.requires_grad
+    with pytest.raises(ValueError, match="never masks"):
+        teacher(wav, mask=True, generator=torch.Generator())
+
+
+def test_hf_masking_and_layerdrop_never_fire(post_ln_dir, wav):
+    student = build_student(SSLConfig(pretrained=str(post_ln_dir), mask_time_prob=0.5, mask_feature_prob=0.5))
+    assert student.wavlm.config.layerdrop == 0.0
+    _no_dropout(student)
+    student.train()
+    with torch.no_grad():
+        train_out = student(wav)
+        eval_out = student.eval()(wav)
+        masked = student.train()(wav, mask=True, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(train_out, eval_out, atol=1e-6, rtol=0)
+    assert (masked - train_out).abs().max() > 1e-3
+
+
+def test_masking_is_deterministic_given_the_generator(post_ln_dir, wav):
+    student = build_student(SSLConfig(pretrained=str(post_ln_dir))).eval()
+    with pytest.raises(ValueError, match="Generator"):
+        student(wav, mask=True)
+    with torch.no_grad():
+        a = student(wav, mask=True, generator=torch.Generator().manual_seed(7))
+        b = student(wav, mask=True, generator=torch.Generator().manual_seed(7))
+        c = student(wav, mask=True, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_span_counts_follow_the_probabilistic_rounding():
+    g = torch.Generator().manual_seed(0)
+    # phase 1 time masks on 149 frames: int(0.1*149/5 + u) = int(2.98 + u) -> 3 unless u < 0.02; min 2
+    starts = span_starts(4000, 149, 0.1, 5, 2, g)
+    counts = torch.tensor([len(s) for s in starts])
+    assert set(counts.tolist()) <= {2, 3}
+    assert abs((counts == 3).float().mean().item() - 0.98) < 0.015
+    assert all(len(set(s.tolist())) == len(s) and s.min() >= 0 and s.max() <= 149 - 5 for s in starts)
+    # phase 2 time masks: int(0.745 + u) in {0, 1} -> always the minimum of 2 spans
+    assert {len(s) for s in span_starts(500, 149, 0.05, 10, 2, g)} == {2}
+    # phase 1 channel masks on 768 channels: int(3.84 + u) -> 4 with probability 0.84, no minimum
+    channel = torch.tensor([len(s) for s in span_starts(4000, 768, 0.05, 10, 0, g)])
+    assert set(channel.tolist()) <= {3, 4}
+    assert abs((channel == 4).float().mean().item() - 0.84) < 0.03
+    # an axis shorter than a span gets no spans; probability 0 means no masking despite a minimum
+    assert {len(s) for s in span_starts(50, 4, 0.5, 5, 2, g)} == {0}
+    assert {len(s) for s in span_starts(50, 149, 0.0, 5, 2, g)} == {0}
+    # the minimum is capped so that the spans fit: 3 spans of 5 on 12 frames -> 12 // 5 = 2
+    assert {len(s) for s in span_starts(50, 12, 0.01, 5, 3, g)} == {2}
+
+
+def test_apply_spec_masks_replaces_time_spans_and_zeroes_channel_spans():
+    cfg = SSLConfig(mask_time_prob=0.2, mask_time_length=3, mask_feature_prob=0.2, mask_feature_length=2)
+    hidden = torch.randn(3, 20, 16) + 5.0
+    embed = torch.arange(16, dtype=torch.float32) - 100.0
+    out = apply_spec_masks(hidden, embed, cfg, torch.Generator().manual_seed(3))
+    replay = torch.Generator().manual_seed(3)
+    time_mask = span_mask(3, 20, 0.2, 3, 2, replay)
+    channel_mask = span_mask(3, 16, 0.2, 2, 0, replay)
+    assert time_mask.any() and channel_mask.any()
+    for b in range(3):
+        for t in range(20):
+            for h in range(16):
+                if channel_mask[b, h]:
+                    expected = 0.0
+                elif time_mask[b, t]:
+                    expected = embed[h].item()
+                else:
+                    expected = hidden[b, t, h].item()
+                assert out[b, t, h].item() == expected
+    for b, starts in enumerate(span_starts(3, 20, 0.2, 3, 2, torch.Generator().manual_seed(3))):
+        assert time_mask[b].sum() <= 3 * len(starts)
+        assert all(time_mask[b, s:s + 3].all() for s in starts.tolist())
+
+
+def test_student_state_round_trip_without_the_pretrained_dir(post_ln_dir, wav, tmp_path):
+    student = build_student(SSLConfig(pretrained=str(post_ln_dir))).eval()
+    with torch.no_grad():
+        student.adapters[0].up.bias.add_(0.5)          # a "trained" student differs from any fresh build
+        student.wavlm.masked_spec_embed.add_(1.0)
+    save_encoder(student, tmp_path / "student.pt")
+    state = load_encoder_state(tmp_path / "student.pt")
+    phase2 = SSLConfig(mask_time_prob=0.05, mask_time_length=10, mask_feature_prob=0.0)
+    rebuilt = build_student_from_state(state, phase2).eval()
+    assert rebuilt.cfg.mask_time_length == 10 and rebuilt.cfg.mask_feature_prob == 0.0
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(wav), student(wav), atol=0, rtol=0)
+    for key, value in student.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], value), key
+    with pytest.raises(ExperimentError, match="adapter_dim"):
+        build_student_from_state(state, SSLConfig(adapter_dim=32))
+    with pytest.raises(ExperimentError, match="does not exist"):
+        load_encoder_state(tmp_path / "missing.pt")
+
+
+def test_random_init_is_labelled_seeded_and_leaves_global_rng_alone(caplog, wav):
+    rng_before = torch.get_rng_state()
+    with caplog.at_level(logging.WARNING):
+        student = build_student(SSLConfig(zero_init_adapters=True)).eval()
+        teacher = build_teacher(SSLConfig())
+    assert torch.equal(torch.get_rng_state(), rng_before)
+    assert "RANDOM-INIT" in caplog.text and student.random_init and teacher.random_init
+    assert encoder_state(student)["random_init"] is True
+    for key, value in teacher.wavlm.state_dict().items():
+        assert torch.equal(student.wavlm.state_dict()[key], value), key
+    with torch.no_grad():
+        states = student(wav)
+    assert states.shape == (2, 5, 37, 128)                    # tiny preset: 4 layers, 128 channels, 20 ms frames
+    assert math.isclose(num_frames(48000), 149) and num_frames(96000) == 299
