@@ -127,13 +127,14 @@ def score_condition(job: ScoreJob, cfg: ScoreConfig, condition: Condition, trial
     return out
 
 
-def run_score_stage(job: ScoreJob, cfg: ScoreConfig) -> tuple[list[ResultRow], str]:
-    """Score, write score files and results tables; returns the rows and the results.md text."""
+def score_test_set(job: ScoreJob, cfg: ScoreConfig) -> tuple[list[ResultRow], list[str], list[Condition]]:
+    """Score one clean test set and its noisy conditions; write the score files; return rows, unlabelled lists
+    and the conditions found."""
     if "asnorm" in cfg.methods and not job.cohort_set:
         raise ConfigError("the asnorm method needs a cohort: pass --cohort_set <training set with embeddings> "
                           "(e.g. mini_dev), or drop it with --override 'methods=[cosine,segment,full]'")
     conditions = discover_conditions(job.embeddings_dir, job.test_set, cfg.categories, cfg.snrs, cfg.conditions)
-    log.info("conditions: %s", ", ".join(c.name for c in conditions))
+    log.info("%s conditions: %s", job.test_set, ", ".join(c.name for c in conditions))
     trial_lists = load_trial_lists(job)
     cohort = load_cohort(job) if "asnorm" in cfg.methods else None
     top_n = effective_top_n(cfg.asnorm_top_n, cohort) if cohort is not None else cfg.asnorm_top_n
@@ -154,18 +155,40 @@ def run_score_stage(job: ScoreJob, cfg: ScoreConfig) -> tuple[list[ResultRow], s
                 rows.append(ResultRow(name, condition.set_name, condition.name, condition.category, condition.snr,
                                       method, len(scores), metrics.eer, metrics.min_dcf))
         log.info("scored %s", condition.set_name)
-    resolved = dataclasses.replace(cfg, conditions=[c.name for c in conditions if not c.is_clean])
-    save_config(resolved, job.scores_dir, allow_change=True)
-    notes = _notes(job, top_n, cohort)
-    text = results_markdown(rows, title=f"Results of {job.exp_dir.resolve().name}", methods=cfg.methods,
+    return rows, unlabelled, conditions, _notes(job, top_n, cohort)
+
+
+def run_score_stage(jobs: ScoreJob | Sequence[ScoreJob], cfg: ScoreConfig) -> tuple[list[ResultRow], str]:
+    """Score every test set, write score files and one pair of results tables; returns the rows and results.md.
+
+    Several test sets (e.g. Vox1-O from the test part, Vox1-E/H from all of VoxCeleb1) share one experiment, so
+    their rows go into the same results.tsv / results.md, told apart by the trial-list name.
+    """
+    jobs = [jobs] if isinstance(jobs, ScoreJob) else list(jobs)
+    exp_dirs = {job.exp_dir for job in jobs}
+    if len(exp_dirs) != 1:
+        raise ConfigError(f"all test sets must belong to one experiment dir, got {sorted(map(str, exp_dirs))}")
+    rows: list[ResultRow] = []
+    unlabelled: list[str] = []
+    noisy: list[str] = []
+    notes: list[str] = []
+    for job in jobs:
+        set_rows, set_unlabelled, conditions, set_notes = score_test_set(job, cfg)
+        rows += set_rows
+        unlabelled += set_unlabelled
+        noisy += [c.name for c in conditions if not c.is_clean and c.name not in noisy]
+        notes += set_notes
+    exp_dir = jobs[0].exp_dir
+    save_config(dataclasses.replace(cfg, conditions=noisy), jobs[0].scores_dir, allow_change=True)
+    text = results_markdown(rows, title=f"Results of {exp_dir.resolve().name}", methods=cfg.methods,
                             p_targets=cfg.p_targets, categories=cfg.categories, snrs=cfg.snrs,
                             noisy_method=cfg.noisy_method, notes=notes, unlabelled=unlabelled)
-    write_results_tsv(job.exp_dir / "results.tsv", rows, cfg.p_targets)
-    atomic_write_text(job.exp_dir / "results.md", text)
+    write_results_tsv(exp_dir / "results.tsv", rows, cfg.p_targets)
+    atomic_write_text(exp_dir / "results.md", text)
     return rows, text
 
 
-def _notes(job: ScoreJob, top_n: int, cohort: Cohort | None) -> Sequence[str]:
+def _notes(job: ScoreJob, top_n: int, cohort: Cohort | None) -> list[str]:
     notes = [f"test set {job.test_set}; embeddings from {job.embeddings_dir}; score files in {job.scores_dir}"]
     if cohort is not None:
         notes.append(f"asnorm: top {top_n} of {len(cohort.speakers)} cohort speakers "
