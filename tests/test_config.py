@@ -91,3 +91,19 @@ def test_save_config_refuses_a_changed_experiment(tmp_path: Path) -> None:
     assert load_config(Demo, tmp_path / "config.yaml").epochs == 3   # the old copy is untouched
     save_config(Demo(epochs=4), tmp_path, allow_change=True)
     assert load_config(Demo, tmp_path / "config.yaml").epochs == 4
+
+
+def _tight_optim() -> Optim:
+    return Optim(lr=0.5, betas=(0.1, 0.2))
+
+
+@dataclasses.dataclass
+class Parent:
+    optim: Optim = dataclasses.field(default_factory=_tight_optim)
+
+
+def test_partial_section_keeps_the_parents_defaults(tmp_path: Path) -> None:
+    """A partial nested section is completed from the enclosing config's default, not the bare dataclass."""
+    cfg = load_config(Parent, write(tmp_path, "optim:\n  lr: 0.25\n"))
+    assert cfg.optim == Optim(lr=0.25, betas=(0.1, 0.2))
+    assert load_config(Parent, None) == Parent()

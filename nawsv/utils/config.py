@@ -26,8 +26,11 @@ def _describe(source: str, section: str) -> str:
     return f"{where}{source}"
 
 
-def _check_value(value: Any, annotation: Any, key: str, source: str) -> Any:
-    """Return ``value`` coerced to ``annotation`` or raise a ConfigError naming ``key``."""
+def _check_value(value: Any, annotation: Any, key: str, source: str, base: Any = None) -> Any:
+    """Return ``value`` coerced to ``annotation`` or raise a ConfigError naming ``key``.
+
+    ``base`` is the default a partial dataclass section is completed from (see :func:`_build`).
+    """
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     bad = ConfigError(f"config key '{key}' in {source}: expected {_type_name(annotation)}, got {value!r}")
@@ -41,7 +44,7 @@ def _check_value(value: Any, annotation: Any, key: str, source: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _check_value(value, option, key, source)
+                return _check_value(value, option, key, source, base)
             except ConfigError as exc:
                 errors.append(exc)
         raise bad
@@ -52,7 +55,7 @@ def _check_value(value: Any, annotation: Any, key: str, source: str) -> Any:
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
             raise bad
-        return _build(annotation, value, source, key)
+        return _build(annotation, value, source, key, base)
     if origin in (list, Sequence, tuple) or annotation in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise bad
@@ -97,7 +100,21 @@ def _type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "")
 
 
-def _build(cls: type[T], data: Mapping[str, Any], source: str, section: str = "") -> T:
+def _field_default(field: dataclasses.Field) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
+
+
+def _build(cls: type[T], data: Mapping[str, Any], source: str, section: str = "", base: Any = None) -> T:
+    """Instantiate ``cls`` from ``data``.
+
+    Keys missing from a section come from ``base`` (the enclosing config's default for this section) when
+    there is one, so a partial ``ssl:`` section of a fine-tune config keeps the fine-tune defaults of the
+    keys it does not name instead of falling back to the bare ``SSLConfig`` defaults.
+    """
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -106,9 +123,13 @@ def _build(cls: type[T], data: Mapping[str, Any], source: str, section: str = ""
             f"unknown config key(s) {', '.join(repr(k) for k in unknown)} in {_describe(source, section)}; "
             f"valid keys: {', '.join(sorted(fields))}")
     kwargs = {}
+    if base is not None:
+        kwargs = {name: getattr(base, name) for name in fields}
     for name, value in data.items():
         dotted = f"{section}.{name}" if section else name
-        kwargs[name] = _check_value(value, hints[name], dotted, source)
+        default = getattr(base, name) if base is not None else _field_default(fields[name])
+        nested = default if dataclasses.is_dataclass(default) else None
+        kwargs[name] = _check_value(value, hints[name], dotted, source, nested)
     missing = [n for n, f in fields.items() if n not in kwargs
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
