@@ -30,3 +30,62 @@ def run_module(module: str, *args: str, cwd: Path | None = None, check: bool = F
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+TRAIN_SPEC = MiniCorpusSpec(seed=11, dev_speakers=6, test_speakers=3, dev_utts_per_speaker=4, test_utts_per_speaker=3,
+                            sessions_per_speaker=2, min_duration=0.8, max_duration=1.2, musan_files_per_category=4,
+                            musan_duration=1.5, babble_talkers=4, rirs_per_room=1, nonspeech_files=2)
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Stage-1 output of a small corpus for training tests: dev/test dirs, MUSAN halves, RIRs, nonspeech."""
+    from nawsv.data.prepare import PrepareConfig, prepare_flat_bank, prepare_musan, prepare_speaker_set
+
+    root = tmp_path_factory.mktemp("train_data")
+    corpus = make_mini_corpus(root / "corpus", TRAIN_SPEC)
+    cfg = PrepareConfig(nj=1, shard_size=8)
+    data = root / "data"
+    prepare_speaker_set(corpus["voxceleb"] / "dev" / "wav", data / "dev", cfg)
+    prepare_speaker_set(corpus["voxceleb"] / "test" / "wav", data / "test", cfg, [("O", corpus["trials"])])
+    prepare_musan(corpus["musan"], data, cfg)
+    prepare_flat_bank(corpus["rirs"], data / "rirs", "rir", cfg)
+    prepare_flat_bank(corpus["nonspeech"], data / "nonspeech", "nonspeech", cfg)
+    return {"root": data, "dev": data / "dev", "test": data / "test", "musan_train": data / "musan_train",
+            "musan_test": data / "musan_test", "rirs": data / "rirs", "nonspeech": data / "nonspeech"}
+
+
+TINY_WARMUP = """
+ssl: {preset: tiny, adapter_dim: 8, mask_time_prob: 0.1, mask_time_length: 2, mask_feature_prob: 0.05}
+embed_dim: 16
+data: {speakers_per_batch: 4, crop_seconds: 0.5, num_workers: 0}
+augment: {prob: 1.0, types: {noise: 1.0, babble: 1.0, music: 1.0, babble_music: 1.0}, babble_talkers: [1, 2]}
+optim: {lr: 1.0e-3, lr_min: 1.0e-3}
+run: {seed: 3, log_every_steps: 1}
+epochs: 2
+adapter_only_epochs: 1
+"""
+
+TINY_FINETUNE = """
+ssl: {preset: tiny, adapter_dim: 8, mask_time_prob: 0.05, mask_time_length: 2, mask_feature_prob: 0.0}
+backend: {channels: 16, embed_dim: 16}
+data: {batch_size: 8, crop_seconds: 0.5, num_workers: 0}
+augment: {prob: 0.6, babble_talkers: [1, 2]}
+optim: {lr: 1.0e-3, lr_min: 1.0e-5, schedule: half_cosine}
+run: {seed: 3, log_every_steps: 1, keep_checkpoints: 0}
+epochs: 3
+frozen_ssl_epochs: 1
+large_margin_epochs: 1
+large_margin: 0.4
+large_margin_crop_seconds: 0.8
+average_last: 2
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_configs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small warm-up / fine-tune YAMLs (tiny random-init WavLM, seconds per epoch)."""
+    root = tmp_path_factory.mktemp("conf")
+    (root / "warmup.yaml").write_text(TINY_WARMUP)
+    (root / "finetune.yaml").write_text(TINY_FINETUNE)
+    return {"warmup": root / "warmup.yaml", "finetune": root / "finetune.yaml"}

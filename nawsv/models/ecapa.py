@@ -96,15 +96,18 @@ class EcapaTdnn(nn.Module):
     """Hidden states [B, L+1, T, input_dim] -> speaker embedding [B, embed_dim]; any T >= 2 frames."""
 
     def __init__(self, num_hidden_states: int, input_dim: int, channels: int = 512, embed_dim: int = 192) -> None:
+        """The multi-layer aggregation keeps 3 * channels (1536 at the paper's C=512), so small test and CPU
+        configurations shrink the whole network, not only the Res2Net blocks."""
         super().__init__()
+        aggregate = 3 * channels
         self.layer_sum = LayerWeightedSum(num_hidden_states)
         self.input_norm = nn.InstanceNorm1d(input_dim)
         self.stem = _ConvReluBn(input_dim, channels, kernel=5)
         self.blocks = nn.ModuleList(Res2NetSEBlock(channels, 3, dilation) for dilation in (2, 3, 4))
-        self.aggregate = nn.Sequential(nn.Conv1d(3 * channels, 1536, 1), nn.ReLU())
-        self.pooling = AttentiveStatsPooling(1536)
-        self.pool_norm = nn.BatchNorm1d(2 * 1536)
-        self.embedding = nn.Linear(2 * 1536, embed_dim)
+        self.aggregate = nn.Sequential(nn.Conv1d(aggregate, aggregate, 1), nn.ReLU())
+        self.pooling = AttentiveStatsPooling(aggregate)
+        self.pool_norm = nn.BatchNorm1d(2 * aggregate)
+        self.embedding = nn.Linear(2 * aggregate, embed_dim)
         self.embedding_norm = nn.BatchNorm1d(embed_dim)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,145 @@
+"""Stages 3 and 4: the NAW-SV warm-up and the fine-tuning, on one process or under torchrun.
+
+  python -m nawsv.bin.train warmup   --config conf/warmup.yaml   --train_data data/vox1_dev \
+      --musan data/musan_train --exp_dir exp/nawsv/warmup [--pretrained /path/to/wavlm-base-plus]
+  python -m nawsv.bin.train finetune --config conf/finetune.yaml --train_data data/vox1_dev \
+      --musan data/musan_train --rirs data/rirs --init exp/nawsv/warmup/student.pt --exp_dir exp/nawsv/finetune
+  torchrun --nproc_per_node 4 -m nawsv.bin.train warmup ...      (NCCL on GPUs, gloo on CPU)
+
+A rerun continues from the latest good checkpoint (--resume auto), or reports that the stage is finished.
+The experiment directory keeps config.yaml, train.log, tensorboard/ and checkpoints/.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from nawsv.utils.cli import add_common_options, run_main, setup_logging, str2bool
+from nawsv.utils.config import load_config, save_config
+from nawsv.utils.errors import ConfigError, ExperimentError
+from nawsv.utils.seeding import seed_everything
+
+log = logging.getLogger("nawsv.bin.train")
+
+FINAL = {"warmup": "student.pt", "finetune": "avg_model.pt"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m nawsv.bin.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", choices=sorted(FINAL), help="warmup (stage 3) or finetune (stage 4)")
+    parser.add_argument("--config", type=Path, help="stage YAML (conf/warmup.yaml or conf/finetune.yaml)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --override optim.lr=1e-4 (repeatable)")
+    parser.add_argument("--train_data", type=Path, required=True,
+                        help="training data dir from stage 1 (raw.list or shard.list, see data.list_type)")
+    parser.add_argument("--musan", type=Path, help="noise bank for augmentation: the MUSAN train half (data/musan_train)")
+    parser.add_argument("--rirs", type=Path, help="RIR bank for augmentation (data/rirs); fine-tuning uses it")
+    parser.add_argument("--exp_dir", type=Path, required=True, help="output dir, e.g. exp/nawsv/warmup")
+    parser.add_argument("--pretrained", help="local Hugging Face WavLM dir; overrides ssl.pretrained "
+                                             "(omit for the config's value; null there means random init)")
+    parser.add_argument("--init", help="finetune: the warm-up student (exp/.../warmup/student.pt), or 'none' to "
+                                       "fine-tune the pre-trained model without warm-up (baseline)")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: CUDA when available")
+    parser.add_argument("--resume", default="auto",
+                        help="auto: continue from the latest good checkpoint; never: refuse if checkpoints exist; "
+                             "or a checkpoint path")
+    parser.add_argument("--force_config", type=str2bool, default=False,
+                        help="continue an experiment whose saved config.yaml differs from this one")
+    add_common_options(parser)
+    return parser
+
+
+def _load_config(args: argparse.Namespace):
+    if args.task == "warmup":
+        from nawsv.train.warmup import WarmupConfig as Config
+    else:
+        from nawsv.train.finetune import FinetuneConfig as Config
+    overrides = list(args.override)
+    if args.pretrained:
+        overrides.append(f"ssl.pretrained={args.pretrained}")
+    return load_config(Config, args.config, overrides)
+
+
+def _augmenter(args: argparse.Namespace, cfg):
+    from nawsv.data.augment import Augmenter
+    from nawsv.data.noise_bank import NoiseBank
+
+    musan = NoiseBank.from_dir(args.musan) if args.musan else None
+    rirs = NoiseBank.from_dir(args.rirs) if args.rirs else None
+    return Augmenter(cfg.augment, musan, rirs)
+
+
+def _attach_log_file(path: Path) -> None:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s (%(name)s) %(message)s"))
+    logging.getLogger("nawsv").addHandler(handler)
+
+
+def _train(args: argparse.Namespace, cfg, ctx) -> None:
+    import torch
+
+    from nawsv.data.store import UtteranceStore
+    from nawsv.train.loop import Trainer
+
+    if cfg.ssl.random_init and not (args.task == "finetune" and args.init not in (None, "none")):
+        log.warning("ssl.pretrained is null: the WavLM is RANDOMLY INITIALISED (preset %r); results are not those "
+                    "of a pre-trained model", cfg.ssl.preset)
+    store = UtteranceStore.from_data_dir(args.train_data, cfg.data.list_type)
+    log.info("training list: %d utterances, %d speakers (%s)", len(store), len(store.speaker_ids), store.source)
+    augmenter = _augmenter(args, cfg)
+    seed_everything(cfg.run.seed)            # new modules (head, back-end, AAM) start from the same weights every run
+    if args.task == "warmup":
+        from nawsv.train.warmup import WarmupTask
+        task = WarmupTask(cfg, store, augmenter, ctx)
+    else:
+        from nawsv.train.finetune import FinetuneTask
+        task = FinetuneTask(cfg, store, augmenter, ctx, None if args.init == "none" else Path(args.init))
+    torch.backends.cudnn.benchmark = True
+    Trainer(task, cfg.epochs, cfg.optim, cfg.run, args.exp_dir, ctx).fit(args.resume)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    cfg = _load_config(args)
+    if args.task == "finetune" and not args.init:
+        raise ConfigError("finetune needs --init: the warm-up student (exp/<name>/warmup/student.pt), or --init none "
+                          "for the baseline without warm-up")
+    from nawsv.train.distributed import all_ranks_true, cleanup, init_distributed
+    from nawsv.utils.lock import directory_lock
+
+    ctx = init_distributed(args.device)
+    if ctx.device.type == "cpu" and cfg.run.precision == "bf16":
+        log.info("running on CPU: bf16 autocast is used on CUDA only, training in fp32")
+    try:
+        with contextlib.ExitStack() as stack:
+            problem = None
+            if ctx.is_main:
+                try:
+                    stack.enter_context(directory_lock(args.exp_dir, f"stage {args.task}"))
+                except ExperimentError as exc:
+                    problem = exc
+            if not all_ranks_true(problem is None, ctx.device):
+                raise problem or ExperimentError(f"{args.exp_dir} is locked by another run")
+            if ctx.is_main:
+                save_config(cfg, args.exp_dir, allow_change=args.force_config)
+            final = args.exp_dir / FINAL[args.task]
+            if final.exists():
+                log.info("%s exists: stage already finished (use a new --exp_dir to train again)", final)
+                return 0
+            if ctx.is_main:
+                _attach_log_file(args.exp_dir / "train.log")
+            _train(args, cfg, ctx)
+    finally:
+        cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,99 @@
+"""Process-group setup for torchrun launches and gradient averaging across ranks.
+
+Gradients are averaged with one coalesced all-reduce per step instead of wrapping modules in DDP:
+the trainable set changes between epochs (adapters first, then the whole student) and the warm-up
+head is called twice per step, both awkward for DDP; an explicit average gives the same update.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistContext:
+    """Where this process sits in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto") -> DistContext:
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and join the process group.
+
+    NCCL on CUDA, gloo on CPU. Without torchrun variables this is a single process.
+    """
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        from nawsv.utils.errors import ConfigError
+        raise ConfigError("--device cuda was requested but torch sees no CUDA device; use --device cpu")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        target = torch.device("cuda", local_rank)
+    else:
+        target = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if use_cuda else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+        log.info("rank %d/%d joined the %s process group", rank, world_size, backend)
+    return DistContext(rank, world_size, local_rank, target)
+
+
+def average_gradients(parameters: list[torch.nn.Parameter], world_size: int) -> None:
+    """Replace each gradient by its mean over ranks (one flattened all-reduce per dtype/device)."""
+    if world_size <= 1:
+        return
+    groups: dict[tuple, list[torch.nn.Parameter]] = {}
+    for param in parameters:
+        if param.requires_grad:
+            if param.grad is None:
+                param.grad = torch.zeros_like(param)
+            groups.setdefault((param.grad.dtype, param.grad.device), []).append(param)
+    for params in groups.values():
+        flat = torch.cat([p.grad.reshape(-1) for p in params])
+        dist.all_reduce(flat)
+        flat /= world_size
+        offset = 0
+        for param in params:
+            count = param.grad.numel()
+            param.grad.copy_(flat[offset:offset + count].view_as(param.grad))
+            offset += count
+
+
+def all_ranks_true(flag: bool, device: torch.device) -> bool:
+    """True only when ``flag`` is true on every rank (e.g. 'my loss is finite')."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    value = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,161 @@
+"""Stages 3-4: exact resumption after a kill, freeze schedules, large-margin stage, torchrun, non-finite steps."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nawsv.train import checkpoint as ckpt
+from nawsv.train.schedule import learning_rate
+from tests.conftest import ROOT, run_module
+
+pytestmark = pytest.mark.slow
+
+
+def warmup_args(train_data: dict, config: Path, exp: Path, *extra: str) -> list[str]:
+    return ["warmup", "--config", str(config), "--train_data", str(train_data["dev"]), "--musan",
+            str(train_data["musan_train"]), "--exp_dir", str(exp), "--device", "cpu", *extra]
+
+
+def finetune_args(train_data: dict, config: Path, exp: Path, init: str, *extra: str) -> list[str]:
+    return ["finetune", "--config", str(config), "--train_data", str(train_data["dev"]), "--musan",
+            str(train_data["musan_train"]), "--rirs", str(train_data["rirs"]), "--init", init,
+            "--exp_dir", str(exp), "--device", "cpu", *extra]
+
+
+def tensors(path: Path, key: str) -> dict[str, torch.Tensor]:
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return state[key] if key else state
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        if isinstance(a[name], torch.Tensor):
+            assert torch.equal(a[name], b[name]), name
+
+
+def kill_when(args: list[str], marker: Path, timeout: float = 240) -> None:
+    """Start training, SIGKILL it as soon as ``marker`` exists (it must not have finished by then)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "nawsv.bin.train", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while not marker.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended before {marker.name} appeared:\n{proc.stderr.read().decode()}")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"{marker} did not appear in {timeout} s")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("marker", ["epoch_1.json", "step_1_1.json"])
+def test_killed_warmup_resumes_bit_identical(train_data, tiny_configs, tmp_path: Path, marker: str) -> None:
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    extra = ["--override", "epochs=3", "--override", "run.checkpoint_every_steps=1"]
+    run_module("nawsv.bin.train", *warmup_args(train_data, tiny_configs["warmup"], full, *extra), check=True)
+    kill_when(warmup_args(train_data, tiny_configs["warmup"], killed, *extra), killed / "checkpoints" / marker)
+    assert not (killed / "student.pt").exists()
+    proc = run_module("nawsv.bin.train", *warmup_args(train_data, tiny_configs["warmup"], killed, *extra), check=True)
+    assert "resumed from" in proc.stderr
+    assert_same_state(tensors(full / "student.pt", "state_dict"), tensors(killed / "student.pt", "state_dict"))
+    last = ckpt.load_checkpoint(full / "checkpoints" / "epoch_3.pt")["modules"]
+    resumed = ckpt.load_checkpoint(killed / "checkpoints" / "epoch_3.pt")["modules"]
+    for name in ("head", "eapn"):
+        assert_same_state(last[name], resumed[name])
+
+
+def test_warmup_freeze_schedule_and_rerun(train_data, tiny_configs, tmp_path: Path) -> None:
+    exp = tmp_path / "warmup"
+    run_module("nawsv.bin.train", *warmup_args(train_data, tiny_configs["warmup"], exp), check=True)
+    from nawsv.models.config import SSLConfig
+    from nawsv.models.ssl import build_student
+    from nawsv.utils.config import load_config
+    from nawsv.train.warmup import WarmupConfig
+
+    cfg = load_config(WarmupConfig, tiny_configs["warmup"])
+    initial = build_student(cfg.ssl).state_dict()
+    epoch1 = ckpt.load_checkpoint(exp / "checkpoints" / "epoch_1.pt")["modules"]["student"]
+    epoch2 = ckpt.load_checkpoint(exp / "checkpoints" / "epoch_2.pt")["modules"]["student"]
+    backbone = [k for k in initial if k.startswith("wavlm.")]
+    adapters = [k for k in initial if k.startswith("adapters.")]
+    assert backbone and adapters
+    for key in backbone:                         # epoch 1: adapters only, the WavLM stays bit-identical
+        assert torch.equal(initial[key], epoch1[key]), key
+    assert all(not torch.equal(initial[k], epoch1[k]) for k in adapters if k.endswith("weight"))
+    changed = [k for k in backbone if not torch.equal(epoch1[k], epoch2[k])]
+    assert len(changed) > len(backbone) // 2     # epoch 2: the whole student trains
+    log = (exp / "train.log").read_text()
+    assert "optimiser re-created" in log and (exp / "tensorboard").is_dir()
+    assert isinstance(SSLConfig, type)
+    again = run_module("nawsv.bin.train", *warmup_args(train_data, tiny_configs["warmup"], exp), check=True)
+    assert "stage already finished" in again.stderr
+    changed_cfg = run_module("nawsv.bin.train", *warmup_args(train_data, tiny_configs["warmup"], exp,
+                                                             "--override", "optim.lr=0.5"))
+    assert changed_cfg.returncode == 2 and "optim.lr: 0.001 -> 0.5" in changed_cfg.stderr
+    assert load_config(WarmupConfig, exp / "config.yaml").optim.lr == 1e-3      # the saved config is intact
+
+
+def test_finetune_freeze_margin_and_average(train_data, tiny_configs, tmp_path: Path) -> None:
+    warm = tmp_path / "warmup"
+    run_module("nawsv.bin.train", *warmup_args(train_data, tiny_configs["warmup"], warm, "--override", "epochs=1",
+                                               "--override", "adapter_only_epochs=1"), check=True)
+    exp = tmp_path / "finetune"
+    run_module("nawsv.bin.train", *finetune_args(train_data, tiny_configs["finetune"], exp,
+                                                 str(warm / "student.pt")), check=True)
+    student = tensors(warm / "student.pt", "state_dict")
+    states = [ckpt.load_checkpoint(exp / "checkpoints" / f"epoch_{e}.pt")["modules"] for e in (1, 2, 3)]
+    for key, value in student.items():                       # epoch 1: SSL frozen (adapters too)
+        assert torch.equal(value, states[0]["ssl"][key]), key
+    assert any(not torch.equal(states[0]["ssl"][k], states[1]["ssl"][k]) for k in student)
+    margins = [s["aam"]["_extra_state"]["margin"] for s in states]
+    assert margins == [0.2, 0.2, 0.4]                         # the large-margin stage really changes the margin
+    from nawsv.models.speaker import load_speaker_model
+    model = load_speaker_model(exp / "avg_model.pt")
+    for key, value in model.backend.state_dict().items():
+        if torch.is_floating_point(value):
+            expected = (states[1]["backend"][key].double() + states[2]["backend"][key].double()) / 2
+            torch.testing.assert_close(value.double(), expected, rtol=0, atol=1e-6)
+    log = (exp / "train.log").read_text()
+    assert "crop_seconds 0.8" in log and "SSL model is trainable" in log
+
+
+def test_baseline_without_warmup(train_data, tiny_configs, tmp_path: Path) -> None:
+    exp = tmp_path / "baseline"
+    run_module("nawsv.bin.train", *finetune_args(train_data, tiny_configs["finetune"], exp, "none",
+                                                 "--override", "epochs=1", "--override", "frozen_ssl_epochs=1",
+                                                 "--override", "large_margin_epochs=0",
+                                                 "--override", "average_last=1"), check=True)
+    state = tensors(exp / "avg_model.pt", "ssl")["state_dict"]
+    ups = [v for k, v in state.items() if k.startswith("adapters.") and "up" in k]
+    assert ups and all(torch.count_nonzero(v) == 0 for v in ups)   # zero adapters: the plain pre-trained model
+
+
+def test_torchrun_two_processes_use_the_global_batch(train_data, tiny_configs, tmp_path: Path) -> None:
+    exp = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "nawsv.bin.train", *warmup_args(train_data, tiny_configs["warmup"], exp, "--override", "epochs=1")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (exp / "student.pt").exists()
+    log = (exp / "train.log").read_text()
+    assert "eapn_candidates 4.0000" in log               # each rank holds 2 pairs, E-APN scores against all 4
+
+
+def test_half_cosine_matches_the_spec_table() -> None:
+    expected = {0: 5.0e-5, 5: 4.6e-5, 10: 3.5e-5, 15: 2.1e-5, 19: 1.05e-5, 20: 8.3e-6, 23: 3.1e-6, 25: 1.2e-6,
+                26: 6.7e-7}
+    for epoch, value in expected.items():
+        assert learning_rate(epoch, 27, 5e-5, 5e-7, "half_cosine") == pytest.approx(value, rel=0.05)
+    assert learning_rate(33, 50, 5e-5, 5e-5, "constant") == 5e-5
