@@ -29,10 +29,14 @@ nj=2                    # parallel jobs for data preparation, noisy sets and ext
 train_set=              # training data dir name under $data (set by the recipe)
 test_sets=              # clean test set names under $data (set by the recipe)
 materialize_noisy=true  # stage 2: write noisy audio (true) or only manifests, mixed on the fly (false)
+noisy_test_sets=        # stage 2: test sets that get noisy copies (empty: all of test_sets)
+job=0                   # stages 2 and 5: this job's index, 0 .. num_jobs-1 (a Slurm array task)
+num_jobs=1              # stages 2 and 5: jobs sharing the work
+merge=false             # stages 2 and 5: only merge what finished jobs wrote
 pretrained=             # local Hugging Face WavLM dir (e.g. wavlm-base-plus); empty: the config's ssl.pretrained
 skip_warmup=false       # baseline: no stage 3, stage 4 fine-tunes the pre-trained model directly
-warmup_config=warmup.yaml      # stage-3 config file name (in $conf, else $root/conf)
-finetune_config=finetune.yaml  # stage-4 config file name
+warmup_config=warmup.yaml      # stage-3 config: a file name looked up in $conf, then $root/conf; or a path
+finetune_config=finetune.yaml  # stage-4 config (same lookup)
 device=auto             # auto | cpu | cuda
 nproc=1                 # training processes per node (GPUs); > 1 launches torchrun
 nnodes=1                # nodes for multi-node training (torchrun c10d rendezvous)
@@ -43,8 +47,10 @@ recipe_options=         # recipe option names forwarded to local/prepare_data.sh
 . "$recipe/defaults.sh"
 
 help_message="Usage: bash run.sh [--recipe egs/<name>] [--stage N] [--stop_stage M] [--option value ...]
-Stages: 1 data preparation, 2 noisy test sets, 3 NAW-SV warm-up, 4 fine-tuning."
-parse_options_names="recipe stage stop_stage data exp conf nj train_set test_sets materialize_noisy pretrained
+Stages: 1 data preparation, 2 noisy test sets, 3 NAW-SV warm-up, 4 fine-tuning, 5 embeddings, 6 scoring,
+  7 report, 8 export."
+parse_options_names="recipe stage stop_stage data exp conf nj train_set test_sets materialize_noisy noisy_test_sets
+  job num_jobs merge pretrained
   skip_warmup warmup_config finetune_config device nproc nnodes rdzv_endpoint python dry_run $recipe_options"
 . "$root/tools/parse_options.sh"
 [ $# -eq 0 ] || { echo "run.sh: unexpected argument '$1' (options are --name value)" >&2; exit 1; }
@@ -60,8 +66,13 @@ export PATH="$(dirname "$python"):$PATH"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 export NAWSV_PYTHON=$python
 
-# The stage config: the recipe's own file when it has one, else the shared default in conf/.
-config() { if [ -f "$conf/$1" ]; then echo "$conf/$1"; else echo "$root/conf/$1"; fi; }
+# The stage config: a path as given; a bare name from the recipe's conf/ when it has one, else the shared conf/.
+config() {
+  case "$1" in
+    */*) echo "$1" ;;
+    *) if [ -f "$conf/$1" ]; then echo "$conf/$1"; else echo "$root/conf/$1"; fi ;;
+  esac
+}
 
 run() {
   if [ "$dry_run" = true ]; then echo "+ $*"; else "$@"; fi
@@ -88,35 +99,66 @@ recipe_args=()
 for name in $recipe_options; do recipe_args+=("--$name" "${!name}"); done
 
 if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
-  echo "stage 1: data preparation -> $data"
+  echo "$(date +%T) stage 1: data preparation -> $data"
   run bash "$recipe/local/prepare_data.sh" --data "$data" --nj "$nj" --config "$(config prepare.yaml)" \
     "${recipe_args[@]}"
 fi
 
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
-  echo "stage 2: noisy test sets -> $data/<set>_<category>_<snr>"
-  for set in $test_sets; do
+  echo "$(date +%T) stage 2: noisy test sets -> $data/<set>_<category>_<snr>"
+  for set in ${noisy_test_sets:-$test_sets}; do
     run python -m nawsv.bin.make_noisy_sets --config "$(config noisy.yaml)" --data "$data/$set" \
       --out_root "$data" --musan "$data/musan_test" --nonspeech "$data/nonspeech" \
-      --materialize "$materialize_noisy" --nj "$nj"
+      --materialize "$materialize_noisy" --nj "$nj" --job "$job" --num_jobs "$num_jobs" --merge "$merge"
   done
 fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   if [ "$skip_warmup" = true ]; then
-    echo "stage 3: NAW-SV warm-up skipped (--skip_warmup true: baseline)"
+    echo "$(date +%T) stage 3: NAW-SV warm-up skipped (--skip_warmup true: baseline)"
   else
-    echo "stage 3: NAW-SV warm-up -> $exp/warmup"
+    echo "$(date +%T) stage 3: NAW-SV warm-up -> $exp/warmup"
     train warmup --config "$(config "$warmup_config")" --train_data "$data/$train_set" \
       --musan "$data/musan_train" --exp_dir "$exp/warmup" --device "$device" "${pretrained_args[@]}"
   fi
 fi
 
 if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
-  echo "stage 4: fine-tuning -> $exp/finetune"
+  echo "$(date +%T) stage 4: fine-tuning -> $exp/finetune"
   init=$exp/warmup/student.pt
   [ "$skip_warmup" = false ] || init=none
   train finetune --config "$(config "$finetune_config")" --train_data "$data/$train_set" \
     --musan "$data/musan_train" --rirs "$data/rirs" --init "$init" --exp_dir "$exp/finetune" --device "$device" \
     "${pretrained_args[@]}"
+fi
+
+if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
+  echo "$(date +%T) stage 5: embeddings -> $exp/embeddings/<set>"
+  extract_args=(--config "$(config extract.yaml)" --model "$exp/finetune/avg_model.pt" --data_root "$data"
+    --emb_root "$exp/embeddings" --device "$device" --override "num_workers=$nj" --job "$job"
+    --num_jobs "$num_jobs" --merge "$merge")
+  # the AS-norm cohort (training set) needs whole-utterance embeddings only
+  run python -m nawsv.bin.extract "${extract_args[@]}" --sets "$train_set" --override segments.enabled=false
+  sets=($test_sets)
+  for set in ${noisy_test_sets:-$test_sets}; do sets+=("${set}_*_*"); done   # stage-2 conditions <set>_<cat>_<snr>
+  run python -m nawsv.bin.extract "${extract_args[@]}" --sets "${sets[@]}"
+fi
+
+if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
+  echo "$(date +%T) stage 6: scoring -> $exp/results.md"
+  score_sets=()
+  for set in $test_sets; do score_sets+=(--test_set "$set"); done
+  run python -m nawsv.bin.score --config "$(config score.yaml)" --exp_dir "$exp" --data_dir "$data" \
+    "${score_sets[@]}" --cohort_set "$train_set"
+fi
+
+if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
+  echo "$(date +%T) stage 7: report -> $exp/report/report.md"
+  run python -m nawsv.bin.report --config "$(config report.yaml)" --exp_dir "$exp"
+fi
+
+if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
+  echo "$(date +%T) stage 8: export -> $exp/export"
+  run python -m nawsv.bin.export --model "$exp/finetune/avg_model.pt" --out_dir "$exp/export" \
+    --config "$(config extract.yaml)"
 fi

@@ -18,6 +18,7 @@ BENCHMARKS = {
     "noisy": "bench.bench_noisy",
     "scoring": "bench.bench_scoring",
     "models": "bench.bench_models",
+    "extract": "bench.bench_extract",
 }
 
 

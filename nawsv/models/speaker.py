@@ -57,7 +57,12 @@ def load_speaker_model(path: str | Path, device: str | torch.device = "cpu") -> 
                               f"expected {SPEAKER_FORMAT!r})")
     ssl = build_student_from_state(state["ssl"])
     backend = build_backend(state["backend_name"], **state["backend_kwargs"])
-    backend.load_state_dict(state["backend_state"])
+    try:
+        backend.load_state_dict(state["backend_state"])
+    except RuntimeError as exc:
+        raise ExperimentError(f"{path}: the {state['backend_name']} weights do not fit this version of nawsv "
+                              f"({str(exc).splitlines()[0]}); retrain stage 4 or use the nawsv version that "
+                              f"wrote it") from None
     model = SpeakerEmbedder(ssl, backend, int(state["backend_kwargs"]["embed_dim"])).to(device)
     model.eval()
     return model

@@ -1,0 +1,107 @@
+"""The ``nawsv`` console command: embed audio lists to ark/scp and verify pairs of recordings.
+
+    nawsv embed  MODEL  wav.scp|DATA_DIR  out.ark   [--segments true]   -> out.ark + out.scp
+    nawsv verify MODEL  enrol.wav test.wav          [--threshold 0.5]   -> "0.7312 accept"
+
+MODEL is an export dir (stage 8), an avg_model.pt, or a finetune/experiment dir holding one.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from nawsv.utils.cli import add_common_options, run_main, setup_logging, str2bool
+from nawsv.utils.errors import DataError
+
+log = logging.getLogger("nawsv.cli")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="export dir, avg_model.pt, or a finetune/experiment dir")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    add_common_options(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nawsv", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{embed,verify}")
+    embed = commands.add_parser("embed", help="embed every utterance of a wav.scp or data dir to ark/scp",
+                                description="Write one embedding per utterance (keys sorted) to OUT_ARK and the "
+                                            "matching scp next to it (OUT_ARK with .scp instead of .ark).")
+    _add_model_options(embed)
+    embed.add_argument("input", type=Path,
+                       help="a wav.scp-style list ('key path' lines) or a data dir (clean or stage-2 noisy)")
+    embed.add_argument("out_ark", type=Path, help="output ark, e.g. emb/xvector.ark (scp written beside it)")
+    embed.add_argument("--segments", type=str2bool, default=False,
+                       help="write the N-segment embeddings (N x D matrices) instead of whole-utterance vectors")
+    verify = commands.add_parser("verify", help="score one enrolment/test pair of recordings",
+                                 description="Print the score of a pair and, with --threshold, accept or reject.")
+    _add_model_options(verify)
+    verify.add_argument("enrol", type=Path, help="enrolment recording (any soundfile format; resampled to 16 kHz)")
+    verify.add_argument("test", type=Path, help="test recording")
+    verify.add_argument("--method", choices=("cosine", "segments", "full"), default="cosine",
+                        help="cosine of whole-utterance embeddings, mean segment-pair cosine, or their average")
+    verify.add_argument("--threshold", type=float,
+                        help="decision threshold: print accept when score >= threshold, else reject")
+    return parser
+
+
+def _utterances(source: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """(key, samples) in sorted key order from a data dir or a wav.scp-style file."""
+    from nawsv.data.audio import load_audio
+    from nawsv.data.kaldi import read_table
+    from nawsv.data.sources import open_audio_source
+
+    if source.is_dir():
+        audio = open_audio_source(source)
+        for key in sorted(audio.keys()):
+            yield key, audio.load(key)
+        return
+    if not source.is_file():
+        raise DataError(f"{source} is neither a data dir nor a wav.scp file")
+    table = read_table(source, max_fields=None)
+    for key in sorted(table):
+        yield key, load_audio(table[key], key)
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from nawsv.api import Verifier
+    from nawsv.extract.arkio import write_ark_scp
+
+    verifier = Verifier(args.model, device=args.device)
+    records = ((key, verifier.embed(samples, segments=args.segments)) for key, samples in _utterances(args.input))
+    scp = args.out_ark.with_suffix(".scp") if args.out_ark.suffix == ".ark" else Path(f"{args.out_ark}.scp")
+    count = write_ark_scp(args.out_ark, scp, records)
+    log.info("wrote %d %s embeddings to %s and %s", count, "segment" if args.segments else "whole-utterance",
+             args.out_ark, scp)
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from nawsv.api import Verifier
+
+    score = Verifier(args.model, device=args.device).score(args.enrol, args.test, method=args.method)
+    decision = "" if args.threshold is None else (" accept" if score >= args.threshold else " reject")
+    print(f"{score:.6f}{decision}")
+    return 0
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    return _embed(args) if args.command == "embed" else _verify(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point (``nawsv = nawsv.cli:main``)."""
+    return run_main(_main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""TorchScript of the speaker model by tracing: one graph for any batch size and any waveform length.
+
+Tracing records the operations of one forward pass. The WavLM + ECAPA forward has no data-dependent
+control flow (frame counts and relative-position buckets are computed from tensor sizes, which the tracer
+records symbolically), so the trace generalises across lengths; :func:`nawsv.export.package.export_model`
+verifies this on two other lengths and batch sizes before writing anything. The trace is recorded on the
+CPU and may hold CPU device constants, so it is meant for CPU inference (the Python API uses the eager
+model copy on GPUs).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def trace_model(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """Trace ``model`` (eval mode) on ``example`` [B, T]; the tracer's constant-folding warnings are expected."""
+    model.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.*deprecated.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        return torch.jit.trace(model, example, check_trace=False)
+
+
+def save_torchscript(module: torch.jit.ScriptModule, path: str | Path) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        torch.jit.save(module, str(path))
+
+
+def load_torchscript(path: str | Path, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        module = torch.jit.load(str(path), map_location=device)
+    module.eval()
+    return module
