@@ -31,5 +31,7 @@ setup(
     extras_require={
         "dev": ["pytest>=7.4", "pytest-timeout>=2.2"],
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
+        "m4a": ["av>=18"],          # VoxCeleb2's AAC audio, decoded once to FLAC in stage 1
     },
+    entry_points={"console_scripts": ["nawsv = nawsv.cli:main"]},
 )

@@ -46,7 +46,7 @@ py=$venv/bin/python
 want="$flavour $(cat "$root/setup.py" "$root/tools/install.sh" | cksum | cut -d' ' -f1)"
 stamp=$venv/.nawsv-install-stamp
 if [ "$force" = false ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-   && "$py" -c 'import nawsv, torch, transformers, kaldiio, soundfile, soxr, pytest' 2>/dev/null; then
+   && "$py" -c 'import nawsv, torch, transformers, kaldiio, soundfile, soxr, pytest, av' 2>/dev/null; then
   echo "install.sh: $venv is up to date"
   exit 0
 fi
@@ -67,8 +67,9 @@ else
 fi
 
 echo "install.sh: installing nawsv and its dependencies"
-"$py" -m pip install --quiet -e "$root[dev]" || fail "pip install -e '$root[dev]' failed (see the pip output above)"
-"$py" -c 'import nawsv, torch, transformers, kaldiio, soundfile, soxr, pytest' \
+"$py" -m pip install --quiet -e "$root[dev,m4a]" \
+  || fail "pip install -e '$root[dev,m4a]' failed (see the pip output above)"
+"$py" -c 'import nawsv, torch, transformers, kaldiio, soundfile, soxr, pytest, av' \
   || fail "the environment was installed but an import fails (see above)"
 echo "$want" > "$stamp.tmp" && mv "$stamp.tmp" "$stamp"
 echo "install.sh: done ($("$py" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"

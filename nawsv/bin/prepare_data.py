@@ -5,6 +5,9 @@ Subcommands, one per corpus kind:
              raw.list, shard.list, trials/<name>
   musan      MUSAN -> musan_train (even file indices) and musan_test (odd) with utt2cat
   bank       any folder of audio (RIRS_NOISES/simulated_rirs, Nonspeech100) -> wav.scp, utt2cat, utt2dur
+  convert    a tree of AAC .m4a files (VoxCeleb2 dev) -> the same tree as 16 kHz FLAC/WAV, once: parallel
+             (--nj), split over array jobs (--job i --num_jobs n), resumable, every file written atomically.
+             Needs PyAV (pip install 'nawsv[m4a]'); prepare the converted tree with `speakers` afterwards.
 """
 from __future__ import annotations
 
@@ -14,9 +17,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from nawsv.data.prepare import (PrepareConfig, parse_trials_option, prepare_flat_bank, prepare_musan,
+from nawsv.data.prepare import (KNOWN_SETS, PrepareConfig, parse_trials_option, prepare_flat_bank, prepare_musan,
                                 prepare_speaker_set)
-from nawsv.utils.cli import add_common_options, run_main, setup_logging
+from nawsv.utils.cli import add_common_options, positive_int, run_main, setup_logging
 from nawsv.utils.config import load_config
 
 log = logging.getLogger("nawsv.bin.prepare_data")
@@ -34,11 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
         add_common_options(sub)
 
     speakers = commands.add_parser("speakers", help="VoxCeleb-layout speaker tree -> Kaldi dir + lists")
-    speakers.add_argument("--wav_root", type=Path, required=True,
-                          help="folder holding <speaker>/<video>/<utt>.wav (e.g. vox1_dev_wav/wav)")
+    speakers.add_argument("--wav_root", type=Path, required=True, action="append",
+                          help="folder holding <speaker>/<video>/<utt>.wav (e.g. vox1_dev_wav/wav); repeat it to "
+                               "merge trees into one set (Vox1 dev + test for the Vox1-E/H trials)")
     speakers.add_argument("--out", type=Path, required=True, help="output data dir, e.g. data/vox1_dev")
     speakers.add_argument("--trials", action="append", default=[], metavar="NAME=PATH",
                           help="trial list to check and convert into <out>/trials/NAME (repeatable)")
+    speakers.add_argument("--expect", choices=sorted(KNOWN_SETS),
+                          help="published corpus to compare the utterance, speaker and official trial counts with "
+                               "(a difference is a warning, not an error)")
     common(speakers)
 
     musan = commands.add_parser("musan", help="MUSAN -> musan_train / musan_test banks split by index parity")
@@ -51,6 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     bank.add_argument("--out", type=Path, required=True, help="output bank dir, e.g. data/rirs")
     bank.add_argument("--category", required=True, help="category written to utt2cat, e.g. rir or nonspeech")
     common(bank)
+
+    convert = commands.add_parser("convert", help="AAC .m4a tree (VoxCeleb2) -> 16 kHz FLAC/WAV tree, once")
+    convert.add_argument("--src_root", type=Path, required=True, help="folder searched recursively for .m4a "
+                                                                       "(VoxCeleb2: <vox2_root>/dev/aac)")
+    convert.add_argument("--dst_root", type=Path, required=True,
+                         help="output tree (same relative paths, new suffix); files already there are skipped")
+    convert.add_argument("--format", choices=["flac", "wav"], default="flac",
+                         help="container of the 16-bit output; FLAC is lossless and smaller than WAV")
+    convert.add_argument("--job", type=int, default=0, help="this job's index, 0 .. num_jobs-1 (Slurm array index)")
+    convert.add_argument("--num_jobs", type=positive_int, default=1,
+                         help="number of jobs sharing the files (dealt round-robin in sorted order)")
+    common(convert)
     return parser
 
 
@@ -59,7 +78,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose)
     cfg = load_config(PrepareConfig, args.config, args.override)
     if args.command == "speakers":
-        prepare_speaker_set(args.wav_root, args.out, cfg, parse_trials_option(args.trials))
+        prepare_speaker_set(args.wav_root, args.out, cfg, parse_trials_option(args.trials), args.expect)
+    elif args.command == "convert":
+        from nawsv.data.m4a import convert_tree
+
+        convert_tree(args.src_root, args.dst_root, audio_format=args.format, nj=cfg.nj, job=args.job,
+                     num_jobs=args.num_jobs, on_bad_audio=cfg.on_bad_audio)
     elif args.command == "musan":
         prepare_musan(args.musan_root, args.out_root, cfg)
     else:

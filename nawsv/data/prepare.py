@@ -13,7 +13,7 @@ import os
 import re
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Iterable, Literal, Sequence
 
 from nawsv.data.audio import SAMPLE_RATE, AudioInfo, audio_info
 from nawsv.data.kaldi import KaldiDir, Trial, read_trials, write_kaldi_dir, write_table, write_trials
@@ -25,7 +25,32 @@ from nawsv.utils.progress import progress
 log = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac")
+UNREADABLE_SUFFIXES = (".m4a", ".aac")           # AAC: libsndfile cannot read it; convert first (nawsv.data.m4a)
 MUSAN_CATEGORIES = ("noise", "music", "speech")
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownSize:
+    """Published size of a corpus part, to warn when a local copy is incomplete or different."""
+
+    utterances: int
+    speakers: int
+
+
+# VoxCeleb sizes as published with the corpora (tabulated in PaddleSpeech examples/voxceleb/README.md; the
+# NAW-SV code asserts the same dev counts); vox1_all = dev + test, the set the Vox1-E/H trials draw from.
+KNOWN_SETS = {
+    "vox1_dev": KnownSize(148_642, 1_211),
+    "vox1_test": KnownSize(4_874, 40),
+    "vox1_all": KnownSize(153_516, 1_251),
+    "vox2_dev": KnownSize(1_092_009, 5_994),
+}
+# Trial counts of the official lists, by file name ("2" = the cleaned lists).
+OFFICIAL_TRIAL_COUNTS = {
+    "veri_test.txt": 37_720, "veri_test2.txt": 37_611,
+    "list_test_all.txt": 581_480, "list_test_all2.txt": 579_818,
+    "list_test_hard.txt": 552_536, "list_test_hard2.txt": 550_894,
+}
 
 
 @dataclasses.dataclass
@@ -51,10 +76,20 @@ class PrepareConfig:
 def _audio_files(root: Path) -> list[Path]:
     if not root.is_dir():
         raise DataError(f"corpus directory {root} does not exist; check the path given to stage 1")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    files, unreadable = [], []
+    for path in root.rglob("*"):
+        suffix = path.suffix.lower()
+        if suffix in AUDIO_SUFFIXES and path.is_file():
+            files.append(path)
+        elif suffix in UNREADABLE_SUFFIXES and path.is_file():
+            unreadable.append(path)
+    if unreadable:
+        raise DataError(f"{len(unreadable)} AAC file(s) under {root} (e.g. {unreadable[0]}) cannot be read by "
+                        f"soundfile; convert the tree once with `python -m nawsv.bin.prepare_data convert "
+                        f"--src_root {root} --dst_root <new folder>` and prepare the converted folder")
     if not files:
         raise DataError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) found under {root}")
-    return files
+    return sorted(files)
 
 
 def scan_speaker_tree(wav_root: str | Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -73,6 +108,51 @@ def scan_speaker_tree(wav_root: str | Path) -> tuple[dict[str, str], dict[str, s
         wav_scp[key] = str(path)
         utt2spk[key] = parts[0]
     return wav_scp, utt2spk
+
+
+def scan_speaker_trees(wav_roots: Sequence[str | Path]) -> tuple[dict[str, str], dict[str, str]]:
+    """Merge several VoxCeleb-layout trees (e.g. Vox1 dev + test for the Vox1-E/H trials) into one set."""
+    wav_scp: dict[str, str] = {}
+    utt2spk: dict[str, str] = {}
+    for root in wav_roots:
+        scp, spk = scan_speaker_tree(root)
+        clash = next((key for key in scp if key in wav_scp), None)
+        if clash is not None:
+            raise DataError(f"utterance {clash!r} exists in two trees ({wav_scp[clash]} and {scp[clash]}); the "
+                            f"trees given together must hold different speakers")
+        wav_scp.update(scp)
+        utt2spk.update(spk)
+    return wav_scp, utt2spk
+
+
+def known_size(name: str) -> KnownSize:
+    """The published size of corpus part ``name``; an unknown name is an error listing the known ones."""
+    if name not in KNOWN_SETS:
+        raise ConfigError(f"unknown corpus {name!r} to check against; choose from {sorted(KNOWN_SETS)}")
+    return KNOWN_SETS[name]
+
+
+def check_known_size(name: str, data: KaldiDir, trials: Iterable[tuple[str, Path, int]] = ()) -> list[str]:
+    """Compare a prepared set (and its trial lists) with the published sizes; warn, never fail, on a mismatch.
+
+    ``trials`` holds (list name, source file, trial count); lists whose file name is an official VoxCeleb list
+    are checked. Returns the warnings (an incomplete download or ``on_bad_audio: skip`` shows up here).
+    """
+    known = known_size(name)
+    found = KnownSize(len(data), len(data.speakers))
+    warnings = []
+    if found != known:
+        warnings.append(f"{name}: found {found.utterances:,} utterances of {found.speakers:,} speakers, the "
+                        f"published corpus has {known.utterances:,} of {known.speakers:,}; check that the download "
+                        f"is complete (or that the difference is intended)")
+    for list_name, path, count in trials:
+        expected = OFFICIAL_TRIAL_COUNTS.get(Path(path).name)
+        if expected is not None and count != expected:
+            warnings.append(f"trial list {list_name} ({path}): {count:,} trials, the official {Path(path).name} "
+                            f"has {expected:,}")
+    for warning in warnings:
+        log.warning("%s", warning)
+    return warnings
 
 
 def _probe(item: tuple[str, str]) -> tuple[str, AudioInfo | str]:
@@ -169,16 +249,24 @@ def convert_trials(path: Path, known: set[str]) -> list[Trial]:
     return trials
 
 
-def prepare_speaker_set(wav_root: str | Path, out_dir: str | Path, cfg: PrepareConfig,
-                        trials: Iterable[tuple[str, Path]] = ()) -> KaldiDir:
-    """VoxCeleb-layout tree -> Kaldi dir with utt2dur, raw/shard lists and converted trial lists."""
+def prepare_speaker_set(wav_root: str | Path | Sequence[str | Path], out_dir: str | Path, cfg: PrepareConfig,
+                        trials: Iterable[tuple[str, Path]] = (), expect: str | None = None) -> KaldiDir:
+    """VoxCeleb-layout tree(s) -> Kaldi dir with utt2dur, raw/shard lists and converted trial lists.
+
+    Several roots are merged into one set; ``expect`` names a published corpus (``KNOWN_SETS``) whose sizes
+    are compared with what was found, with a warning on a difference.
+    """
+    if expect is not None:
+        known_size(expect)
     out_dir = Path(out_dir).resolve()
-    wav_scp, utt2spk = scan_speaker_tree(wav_root)
+    roots = [wav_root] if isinstance(wav_root, (str, os.PathLike)) else list(wav_root)
+    trials = [(name, Path(path)) for name, path in trials]
+    wav_scp, utt2spk = scan_speaker_trees(roots)
     utt2dur, problems = probe_audio(wav_scp, cfg, out_dir.name)
     keep = set(utt2dur)
     data = KaldiDir({k: v for k, v in wav_scp.items() if k in keep},
                     {k: v for k, v in utt2spk.items() if k in keep}, utt2dur)
-    trial_lists = [(name, convert_trials(Path(path), keep)) for name, path in trials]
+    trial_lists = [(name, convert_trials(path, keep)) for name, path in trials]
     with atomic_directory(out_dir) as staging:
         write_kaldi_dir(staging, data)
         _write_bad_list(staging, problems)
@@ -187,6 +275,9 @@ def prepare_speaker_set(wav_root: str | Path, out_dir: str | Path, cfg: PrepareC
         write_lists(staging, out_dir, data, cfg)
     log.info("%s: %d utterances, %d speakers, %.1f h%s", out_dir, len(data), len(data.speakers),
              sum(utt2dur.values()) / 3600, f", {len(trial_lists)} trial list(s)" if trial_lists else "")
+    if expect is not None:
+        check_known_size(expect, data, [(name, path, len(converted))
+                                        for (name, path), (_, converted) in zip(trials, trial_lists)])
     return data
 
 
