@@ -19,6 +19,7 @@ BENCHMARKS = {
     "scoring": "bench.bench_scoring",
     "models": "bench.bench_models",
     "extract": "bench.bench_extract",
+    "train": "bench.bench_train",
 }
 
 
