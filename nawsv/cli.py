@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from nawsv.utils.cli import add_common_options, run_main, setup_logging, str2bool
+from nawsv.utils.cli import StageParser, add_common_options, run_main, setup_logging, str2bool
 from nawsv.utils.errors import DataError
 
 log = logging.getLogger("nawsv.cli")
@@ -28,8 +28,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nawsv", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(prog="nawsv", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True, metavar="{embed,verify}")
     embed = commands.add_parser("embed", help="embed every utterance of a wav.scp or data dir to ark/scp",
                                 description="Write one embedding per utterance (keys sorted) to OUT_ARK and the "

@@ -17,15 +17,15 @@ from typing import Sequence
 
 from nawsv.export.package import FORMATS, export_model
 from nawsv.extract.config import ExtractConfig
-from nawsv.utils.cli import add_common_options, run_main, setup_logging
+from nawsv.utils.cli import StageParser, add_common_options, run_main, setup_logging
 from nawsv.utils.config import load_config
 
 log = logging.getLogger("nawsv.bin.export")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m nawsv.bin.export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(prog="python -m nawsv.bin.export", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True,
                         help="fine-tuned speaker model, e.g. exp/<name>/finetune/avg_model.pt")
     parser.add_argument("--out_dir", type=Path, required=True, help="export dir, e.g. exp/<name>/export")

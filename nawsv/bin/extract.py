@@ -26,7 +26,7 @@ from typing import Sequence
 
 from nawsv.extract.config import ExtractConfig
 from nawsv.extract.stage import SpeakerModelFile, extract_set
-from nawsv.utils.cli import add_common_options, positive_int, run_main, setup_logging, str2bool
+from nawsv.utils.cli import StageParser, add_common_options, positive_int, run_main, setup_logging, str2bool
 from nawsv.utils.config import load_config
 from nawsv.utils.errors import ConfigError
 
@@ -34,8 +34,8 @@ log = logging.getLogger("nawsv.bin.extract")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m nawsv.bin.extract", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(prog="python -m nawsv.bin.extract", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True,
                         help="fine-tuned speaker model, e.g. exp/<name>/finetune/avg_model.pt")
     parser.add_argument("--data_dir", type=Path, action="append", default=[],
@@ -94,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = load_config(ExtractConfig, args.config, args.override)
+    if not 0 <= args.job < args.num_jobs:
+        raise ConfigError(f"--job {args.job} --num_jobs {args.num_jobs}: the job index must be in 0 .. num_jobs-1")
     pairs = set_pairs(args)
     if args.num_threads:
         import torch

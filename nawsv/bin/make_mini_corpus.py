@@ -13,16 +13,17 @@ from typing import Sequence
 
 from nawsv.data.synthetic import MiniCorpusSpec, make_mini_corpus
 from nawsv.utils.atomic import atomic_directory, atomic_write_text
-from nawsv.utils.cli import add_common_options, run_main, setup_logging, str2bool
+from nawsv.utils.cli import StageParser, add_common_options, run_main, setup_logging, str2bool
 from nawsv.utils.config import dump_config, load_config
 from nawsv.utils.errors import ExperimentError
+from nawsv.utils.lock import sibling_lock
 
 log = logging.getLogger("nawsv.bin.make_mini_corpus")
 STAMP = "corpus_config.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m nawsv.bin.make_mini_corpus", description=__doc__)
+    parser = StageParser(prog="python -m nawsv.bin.make_mini_corpus", description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="corpus root to create")
     parser.add_argument("--config", type=Path, help="YAML with MiniCorpusSpec keys (egs/mini/conf/corpus.yaml)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   f"choose another --out or pass --force true to replace it")
     elif args.out.exists() and any(args.out.iterdir()) and not args.force:
         raise ExperimentError(f"{args.out} exists and is not a nawsv mini corpus; choose another --out")
-    with atomic_directory(args.out) as staging:
+    with sibling_lock(args.out, "make_mini_corpus"), atomic_directory(args.out) as staging:
         make_mini_corpus(staging, spec)
         atomic_write_text(staging / STAMP, wanted)
     log.info("wrote the synthetic corpus to %s (random voices, labelled synthetic)", args.out)

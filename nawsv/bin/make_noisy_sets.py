@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nawsv.data.noisy_sets import AUDIO_FORMATS, NoisySetConfig, make_noisy_sets
-from nawsv.utils.cli import add_common_options, positive_int, run_main, setup_logging, str2bool
+from nawsv.utils.cli import StageParser, add_common_options, positive_int, run_main, setup_logging, str2bool
 from nawsv.utils.config import load_config
 
 log = logging.getLogger("nawsv.bin.make_noisy_sets")
@@ -35,8 +35,8 @@ def _job_index(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m nawsv.bin.make_noisy_sets", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(prog="python -m nawsv.bin.make_noisy_sets", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="clean test set (Kaldi dir), e.g. data/vox1_O")
     parser.add_argument("--out_root", type=Path, required=True,
                         help="parent of the condition dirs <set>_<category>_<snr>, e.g. data")

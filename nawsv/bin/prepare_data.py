@@ -19,15 +19,15 @@ from typing import Sequence
 
 from nawsv.data.prepare import (KNOWN_SETS, PrepareConfig, parse_trials_option, prepare_flat_bank, prepare_musan,
                                 prepare_speaker_set)
-from nawsv.utils.cli import add_common_options, positive_int, run_main, setup_logging
+from nawsv.utils.cli import StageParser, add_common_options, positive_int, run_main, setup_logging
 from nawsv.utils.config import load_config
 
 log = logging.getLogger("nawsv.bin.prepare_data")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m nawsv.bin.prepare_data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(prog="python -m nawsv.bin.prepare_data", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
     def common(sub: argparse.ArgumentParser) -> None:

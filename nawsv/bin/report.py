@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Sequence
 
 from nawsv.scoring.config import ReportConfig
-from nawsv.utils.cli import add_common_options, run_main, setup_logging
+from nawsv.utils.cli import StageParser, add_common_options, run_main, setup_logging
 from nawsv.utils.config import load_config
 
 log = logging.getLogger("nawsv.bin.report")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m nawsv.bin.report", description=__doc__)
+    parser = StageParser(prog="python -m nawsv.bin.report", description=__doc__)
     parser.add_argument("--exp_dir", type=Path, required=True,
                         help="experiment dir holding results.tsv and scores/ from stage 6; report/ goes here")
     parser.add_argument("--config", type=Path, help="stage-7 YAML (conf/report.yaml); defaults apply when absent")

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from nawsv.scoring.config import ScoreConfig
 from nawsv.scoring.stage import ScoreJob, run_score_stage
-from nawsv.utils.cli import add_common_options, run_main, setup_logging
+from nawsv.utils.cli import StageParser, add_common_options, run_main, setup_logging
 from nawsv.utils.config import load_config
 from nawsv.utils.errors import ConfigError
 
@@ -22,8 +22,8 @@ log = logging.getLogger("nawsv.bin.score")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m nawsv.bin.score", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(prog="python -m nawsv.bin.score", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exp_dir", type=Path, required=True,
                         help="experiment dir holding embeddings/<set>/xvector.scp; scores/ and results.* go here")
     parser.add_argument("--data_dir", type=Path, required=True,

@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from nawsv.utils.cli import add_common_options, run_main, setup_logging, str2bool
+from nawsv.utils.cli import StageParser, add_common_options, run_main, setup_logging, str2bool
 from nawsv.utils.config import load_config, save_config
-from nawsv.utils.errors import ConfigError, ExperimentError
+from nawsv.utils.errors import ConfigError, ExperimentError, NawsvError
 from nawsv.utils.seeding import seed_everything
 
 log = logging.getLogger("nawsv.bin.train")
@@ -29,8 +29,8 @@ FINAL = {"warmup": "student.pt", "finetune": "avg_model.pt"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m nawsv.bin.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageParser(prog="python -m nawsv.bin.train", description=__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=sorted(FINAL), help="warmup (stage 3) or finetune (stage 4)")
     parser.add_argument("--config", type=Path, help="stage YAML (conf/warmup.yaml or conf/finetune.yaml)")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
@@ -111,8 +111,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.task == "finetune" and not args.init:
         raise ConfigError("finetune needs --init: the warm-up student (exp/<name>/warmup/student.pt), or --init none "
                           "for the baseline without warm-up")
+    if args.task == "finetune" and args.init != "none" and not Path(args.init).is_file():
+        raise ExperimentError(f"--init {args.init}: the warm-up student does not exist; run the warm-up stage (3) "
+                              f"first, or pass --init none for the baseline without warm-up")
+    from nawsv.data.kaldi import require_utf8_path
     from nawsv.train.distributed import all_ranks_true, cleanup, init_distributed
     from nawsv.utils.lock import directory_lock
+
+    require_utf8_path(args.exp_dir.resolve(), "--exp_dir", "TensorBoard cannot write its event files there")
 
     ctx = init_distributed(args.device)
     if ctx.device.type == "cpu" and cfg.run.precision == "bf16":
@@ -123,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if ctx.is_main:
                 try:
                     stack.enter_context(directory_lock(args.exp_dir, f"stage {args.task}"))
-                except ExperimentError as exc:
+                except NawsvError as exc:          # locked by another run, or not writable
                     problem = exc
             if not all_ranks_true(problem is None, ctx.device):
                 raise problem or ExperimentError(f"{args.exp_dir} is locked by another run")

@@ -46,7 +46,7 @@ def audio_info(path: str | os.PathLike, key: str | None = None) -> AudioInfo:
     if not os.path.isfile(path):
         raise AudioError(f"{_name(path, key)}: file does not exist; fix the path in wav.scp or rerun stage 1")
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))     # bytes: names that are not UTF-8 open too
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(f"{_name(path, key)}: cannot read audio header ({exc}); the file is corrupt or not audio")
     if info.frames <= 0:
@@ -100,9 +100,9 @@ def load_audio(path: str | os.PathLike, key: str | None = None, *, sample_rate: 
     try:
         if info.sample_rate == sample_rate:
             stop = None if num_samples is None else start + num_samples
-            samples, rate = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=False)
+            samples, rate = sf.read(os.fsencode(path), start=start, stop=stop, dtype="float32", always_2d=False)
         else:
-            samples, rate = sf.read(str(path), dtype="float32", always_2d=False)
+            samples, rate = sf.read(os.fsencode(path), dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(f"{_name(path, key)}: cannot decode audio ({exc}); the file is corrupt")
     samples = _finish(samples, rate, path, key, sample_rate, allow_resample,

@@ -7,6 +7,7 @@ write atomically.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
 
@@ -14,7 +15,30 @@ from nawsv.utils.atomic import atomic_open
 from nawsv.utils.errors import DataError
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
+def is_utf8(text: str) -> bool:
+    """Whether ``text`` (e.g. a path decoded by the OS with surrogate escapes) can go into a UTF-8 list."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def printable_path(path: str | os.PathLike) -> str:
+    """A path with its non-UTF-8 bytes shown as escapes (``\\xe9``), so messages and lists stay UTF-8."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def require_utf8_path(path: str | os.PathLike, option: str, why: str) -> None:
+    """Refuse, before any work, an output location that the UTF-8 lists written later could not name."""
+    if not is_utf8(str(path)):
+        raise DataError(f"{option} {printable_path(path)} is not valid UTF-8 ({why}); use a directory whose name "
+                        f"is UTF-8 (rename it, e.g. with convmv)")
+
+
+def text_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """Numbered lines of a UTF-8 text list; a missing, unreadable or non-UTF-8 file is a DataError naming it."""
+    path = Path(path)
     try:
         handle = path.open("r", encoding="utf-8")
     except FileNotFoundError:
@@ -38,7 +62,7 @@ def read_table(path: str | Path, min_fields: int = 2, max_fields: int | None = 2
     path = Path(path)
     table: dict[str, str] = {}
     first_seen: dict[str, int] = {}
-    for number, line in _lines(path):
+    for number, line in text_lines(path):
         fields = line.split()
         if not fields:
             raise DataError(f"{path}:{number}: empty line (remove it; Kaldi lists have one entry per line)")
@@ -164,7 +188,7 @@ def read_trials(path: str | Path) -> list[Trial]:
     path = Path(path)
     trials: list[Trial] = []
     form = None
-    for number, line in _lines(path):
+    for number, line in text_lines(path):
         fields = line.split()
         if not fields:
             raise DataError(f"{path}:{number}: empty line in trial list")

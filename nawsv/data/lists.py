@@ -14,6 +14,7 @@ import tarfile
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from nawsv.data.kaldi import text_lines
 from nawsv.utils.atomic import atomic_open
 from nawsv.utils.errors import DataError
 
@@ -41,18 +42,18 @@ def read_raw_list(path: str | Path) -> list[Utterance]:
         raise DataError(f"{path} does not exist; run stage 1 (data preparation) first")
     items: list[Utterance] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{number}: not a JSON object ({exc.msg})") from None
-            if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str) for k in ("key", "wav", "spk")):
-                raise DataError(f"{path}:{number}: each line needs string fields 'key', 'wav' and 'spk'")
-            if obj["key"] in seen:
-                raise DataError(f"{path}:{number}: duplicate key {obj['key']!r}")
-            seen.add(obj["key"])
-            items.append(Utterance(obj["key"], obj["wav"], obj["spk"]))
+    for number, line in text_lines(path):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{number}: not a JSON object ({exc.msg})") from None
+        if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str) for k in ("key", "wav", "spk")):
+            raise DataError(f"{path}:{number}: each line needs string fields 'key', 'wav' and 'spk'")
+        if obj["key"] in seen:
+            raise DataError(f"{path}:{number}: duplicate key {obj['key']!r}; remove the repeated line (or rerun "
+                            f"stage 1)")
+        seen.add(obj["key"])
+        items.append(Utterance(obj["key"], obj["wav"], obj["spk"]))
     if not items:
         raise DataError(f"{path} is empty")
     return items
@@ -125,12 +126,11 @@ def read_shard_list(path: str | Path) -> list[Path]:
     if not path.is_file():
         raise DataError(f"{path} does not exist; run stage 1 with shards enabled")
     shards = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            line = line.strip()
-            if not line:
-                raise DataError(f"{path}:{number}: empty line")
-            if not Path(line).is_file():
-                raise DataError(f"{path}:{number}: shard {line} does not exist")
-            shards.append(Path(line))
+    for number, line in text_lines(path):
+        line = line.strip()
+        if not line:
+            raise DataError(f"{path}:{number}: empty line")
+        if not Path(line).is_file():
+            raise DataError(f"{path}:{number}: shard {line} does not exist")
+        shards.append(Path(line))
     return shards

@@ -23,9 +23,14 @@ Work is cut into fixed chunks of ``chunk_size`` utterances; job ``i`` of ``n`` d
 and writes one partial manifest per (condition, chunk) under ``parts/``. When every chunk of a condition
 is done (by whichever job finishes last, or by ``merge_only``) the parts are merged into the manifest.
 A rerun skips complete conditions and finished chunks; every file is written atomically.
+
+Concurrency: different jobs run side by side (that is what array jobs do), but one job index runs once at a
+time (``<out_root>/.<set>.job-<i>-of-<n>.lock``; a second copy stops with an error naming the first), and
+each condition is merged under ``<condition>/.merge.lock`` by one job, the others then find it complete.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -39,10 +44,11 @@ import yaml
 
 from nawsv.data.audio import load_audio, write_audio
 from nawsv.data.augment import ADDITIVE_CATEGORIES, add_scaled, draw_noise, mix_at_snr, replay_noise, talker_range
-from nawsv.data.kaldi import KaldiDir, read_kaldi_dir, read_table, write_table
+from nawsv.data.kaldi import KaldiDir, read_kaldi_dir, read_table, require_utf8_path, write_table
 from nawsv.data.noise_bank import NoiseBank
 from nawsv.utils.atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from nawsv.utils.errors import AudioError, ConfigError, DataError, ExperimentError
+from nawsv.utils.lock import directory_lock
 from nawsv.utils.progress import progress
 from nawsv.utils.seeding import rng_for
 
@@ -56,6 +62,7 @@ MANIFEST_COLUMNS = ("utt", "clean_path", "category", "snr_db", "noise_keys", "of
 FULL_SCALE = 32767 / 32768
 AUDIO_FORMATS = ("wav", "flac")
 COPIED_TABLES = ("utt2spk", "spk2utt", "utt2dur")
+MERGE_LOCK = ".merge.lock"
 
 
 def _default_categories() -> list[str]:
@@ -157,6 +164,9 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         raise DataError(f"{path} does not exist; run stage 2 (make_noisy_sets) for this condition") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text: the manifest is corrupt; delete the condition directory and "
+                        f"rerun stage 2") from None
     if not lines or lines[0].split("\t") != list(MANIFEST_COLUMNS):
         raise DataError(f"{path}: first line must be the header {' '.join(MANIFEST_COLUMNS)}; the file is not a "
                         f"stage-2 manifest")
@@ -220,7 +230,7 @@ def read_condition(directory: str | Path) -> dict:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"{path} does not exist; {directory} is not a stage-2 condition directory") from None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} is not valid YAML ({exc}); delete the condition directory and rerun stage 2")
     if not isinstance(data, dict) or "noise_bank" not in data:
         raise DataError(f"{path} lacks 'noise_bank'; delete the condition directory and rerun stage 2")
@@ -310,6 +320,7 @@ class _ConditionSet:
                  banks: dict[str, NoiseBank], talkers: tuple[int, int], materialize: bool, audio_format: str) -> None:
         self.clean_dir, self.clean, self.cfg = clean_dir, clean, cfg
         self.materialize, self.audio_format = materialize, audio_format
+        self.banks, self.talkers = banks, talkers
         self.utts = [(u, clean.wav_scp[u]) for u in sorted(clean.wav_scp)]
         size = cfg.chunk_size
         self.chunks = [self.utts[i:i + size] for i in range(0, len(self.utts), size)]
@@ -436,6 +447,10 @@ def make_noisy_sets(data_dir: str | Path, out_root: str | Path, cfg: NoisySetCon
     if num_jobs < 1 or not 0 <= job < num_jobs:
         raise ConfigError(f"--job {job} --num_jobs {num_jobs}: need num_jobs >= 1 and 0 <= job < num_jobs")
     clean_dir = Path(data_dir).resolve()
+    out_root = Path(out_root).resolve()
+    set_name = set_name or clean_dir.name
+    if materialize:
+        require_utf8_path(out_root / set_name, "--out_root", "wav.scp would have to name the noisy audio files there")
     clean = read_kaldi_dir(clean_dir)
     banks = {name: NoiseBank.from_dir(path) for name, path in _bank_dirs(cfg, musan, nonspeech).items()}
     for category in cfg.categories:
@@ -445,14 +460,23 @@ def make_noisy_sets(data_dir: str | Path, out_root: str | Path, cfg: NoisySetCon
             raise DataError(f"noise bank {bank.root}: key {commas[0]!r} contains a comma, which the manifest uses "
                             f"to join noise keys; rename the file and rerun stage 1")
     talkers = talker_range(banks["musan"], cfg.babble_talkers) if "babble" in cfg.categories else cfg.babble_talkers
-    sets = _ConditionSet(clean_dir, clean, Path(out_root).resolve(), set_name or clean_dir.name, cfg, banks,
-                         talkers, materialize, audio_format)
+    sets = _ConditionSet(clean_dir, clean, out_root, set_name, cfg, banks, talkers, materialize, audio_format)
     _check_keys(sets.utts, clean_dir, audio_format)
+    with contextlib.ExitStack() as stack:
+        if not merge_only:                   # a merge-only run writes under the merge locks alone
+            stack.enter_context(directory_lock(out_root, f"stage 2 job {job} of {num_jobs} for {set_name}",
+                                               name=f".{set_name}.job-{job}-of-{num_jobs}.lock"))
+        _fill_conditions(sets, job, num_jobs, nj, merge_only)
+    return [sets.dirs[c] for c in sets.conditions]
+
+
+def _fill_conditions(sets: _ConditionSet, job: int, num_jobs: int, nj: int, merge_only: bool) -> None:
+    """Claim the condition dirs, mix this job's chunks, and merge every condition whose chunks are all done."""
     for condition in sets.conditions:
         sets.claim(condition)
     pending = [c for c in sets.conditions if not sets.complete(c)]
     log.info("%s: %d condition(s), %d already complete, %d utterances in %d chunk(s); job %d of %d",
-             clean_dir.name, len(sets.conditions), len(sets.conditions) - len(pending), len(sets.utts),
+             sets.clean_dir.name, len(sets.conditions), len(sets.conditions) - len(pending), len(sets.utts),
              len(sets.chunks), job, num_jobs)
     if not merge_only:
         tasks = []
@@ -460,20 +484,23 @@ def make_noisy_sets(data_dir: str | Path, out_root: str | Path, cfg: NoisySetCon
             todo = tuple((c, sets.dirs[c], sets.part(c, chunk)) for c in pending if not sets.part_done(c, chunk))
             if todo:
                 tasks.append(_Task(tuple(sets.chunks[chunk]), todo))
-        plan = _Plan(cfg.seed, talkers, {n: str(b.root) for n, b in banks.items()}, materialize, audio_format)
+        plan = _Plan(sets.cfg.seed, sets.talkers, {n: str(b.root) for n, b in sets.banks.items()}, sets.materialize,
+                     sets.audio_format)
         _run_tasks(tasks, plan, nj)
     for condition in pending:
-        waiting = [i for i in range(len(sets.chunks)) if not sets.part_done(condition, i)]
-        if not waiting:
-            sets.merge(condition)
-        elif merge_only:
-            raise DataError(f"{sets.dirs[condition]}: {len(waiting)} chunk(s) are not done yet (e.g. chunk "
-                            f"{waiting[0]}, owned by job {waiting[0] % num_jobs} of {num_jobs}); run the missing "
-                            f"jobs before merging")
-        else:
-            log.info("%s: %d chunk(s) left to other jobs; the last job to finish merges",
-                     sets.dirs[condition].name, len(waiting))
-    return [sets.dirs[c] for c in sets.conditions]
+        with directory_lock(sets.dirs[condition], "stage 2 merge", name=MERGE_LOCK, wait=True):
+            if sets.complete(condition):
+                continue                        # another job merged it while this one worked or waited
+            waiting = [i for i in range(len(sets.chunks)) if not sets.part_done(condition, i)]
+            if not waiting:
+                sets.merge(condition)
+            elif merge_only:
+                raise DataError(f"{sets.dirs[condition]}: {len(waiting)} chunk(s) are not done yet (e.g. chunk "
+                                f"{waiting[0]}, owned by job {waiting[0] % num_jobs} of {num_jobs}); run the missing "
+                                f"jobs before merging")
+            else:
+                log.info("%s: %d chunk(s) left to other jobs; the last job to finish merges",
+                         sets.dirs[condition].name, len(waiting))
 
 
 def _run_tasks(tasks: list[_Task], plan: _Plan, nj: int) -> None:

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
 from nawsv.data.audio import SAMPLE_RATE, AudioInfo, audio_info
-from nawsv.data.kaldi import KaldiDir, Trial, read_trials, write_kaldi_dir, write_table, write_trials
+from nawsv.data.kaldi import (KaldiDir, Trial, is_utf8, printable_path, read_trials, write_kaldi_dir, write_table,
+                              write_trials)
 from nawsv.data.lists import Utterance, shard_groups, write_raw_list, write_shard
 from nawsv.utils.atomic import atomic_directory, atomic_write_text
 from nawsv.utils.errors import AudioError, ConfigError, DataError
+from nawsv.utils.lock import sibling_lock
 from nawsv.utils.progress import progress
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,8 @@ class PrepareConfig:
     nj: int = 4                                   # processes probing audio headers and writing shards
     shards: bool = True                           # also write tar shards + shard.list
     shard_size: int = 1000                        # utterances per shard
-    on_bad_audio: Literal["error", "skip"] = "error"   # skip: leave unreadable/empty/short files out, listed
+    on_bad_audio: Literal["error", "skip"] = "error"   # skip: leave unreadable/empty/short files and non-UTF-8
+                                                       # names out, listed in bad_audio.txt and counted in the log
     on_rate_mismatch: Literal["resample", "error"] = "resample"
     min_duration: float = 0.5                     # seconds; shorter utterances count as bad audio
 
@@ -167,9 +170,15 @@ def probe_audio(wav_scp: dict[str, str], cfg: PrepareConfig, what: str) -> tuple
     """Read every header (in ``cfg.nj`` processes); return durations and the problems found.
 
     Problems are raised at once when ``on_bad_audio`` is ``error``; with ``skip`` they are returned so the
-    caller leaves those utterances out and records them.
+    caller leaves those utterances out and records them. A file whose name is not valid UTF-8 is a problem
+    too: Kaldi lists are UTF-8 text and could not name it.
     """
     items = sorted(wav_scp.items())
+    problems: list[str] = [f"{printable_path(path)}: the file name is not valid UTF-8, so UTF-8 Kaldi lists cannot "
+                           f"name it; rename it (e.g. convmv -r -f latin1 -t utf8 --notest <corpus>)"
+                           for key, path in items if not (is_utf8(key) and is_utf8(path))]
+    if problems:
+        items = [(key, path) for key, path in items if is_utf8(key) and is_utf8(path)]
     results: list[tuple[str, AudioInfo | str]]
     if cfg.nj > 1 and len(items) > 2000:
         with ProcessPoolExecutor(cfg.nj) as pool:
@@ -177,7 +186,6 @@ def probe_audio(wav_scp: dict[str, str], cfg: PrepareConfig, what: str) -> tuple
     else:
         results = [_probe(item) for item in progress(items, f"probing {what}", "utt")]
     utt2dur: dict[str, float] = {}
-    problems: list[str] = []
     resampled = 0
     for key, info in results:
         if isinstance(info, str):
@@ -261,18 +269,19 @@ def prepare_speaker_set(wav_root: str | Path | Sequence[str | Path], out_dir: st
     out_dir = Path(out_dir).resolve()
     roots = [wav_root] if isinstance(wav_root, (str, os.PathLike)) else list(wav_root)
     trials = [(name, Path(path)) for name, path in trials]
-    wav_scp, utt2spk = scan_speaker_trees(roots)
-    utt2dur, problems = probe_audio(wav_scp, cfg, out_dir.name)
-    keep = set(utt2dur)
-    data = KaldiDir({k: v for k, v in wav_scp.items() if k in keep},
-                    {k: v for k, v in utt2spk.items() if k in keep}, utt2dur)
-    trial_lists = [(name, convert_trials(path, keep)) for name, path in trials]
-    with atomic_directory(out_dir) as staging:
-        write_kaldi_dir(staging, data)
-        _write_bad_list(staging, problems)
-        for name, converted in trial_lists:
-            write_trials(staging / "trials" / name, converted)
-        write_lists(staging, out_dir, data, cfg)
+    with sibling_lock(out_dir, "stage 1 (prepare_data)"):
+        wav_scp, utt2spk = scan_speaker_trees(roots)
+        utt2dur, problems = probe_audio(wav_scp, cfg, out_dir.name)
+        keep = set(utt2dur)
+        data = KaldiDir({k: v for k, v in wav_scp.items() if k in keep},
+                        {k: v for k, v in utt2spk.items() if k in keep}, utt2dur)
+        trial_lists = [(name, convert_trials(path, keep)) for name, path in trials]
+        with atomic_directory(out_dir) as staging:
+            write_kaldi_dir(staging, data)
+            _write_bad_list(staging, problems)
+            for name, converted in trial_lists:
+                write_trials(staging / "trials" / name, converted)
+            write_lists(staging, out_dir, data, cfg)
     log.info("%s: %d utterances, %d speakers, %.1f h%s", out_dir, len(data), len(data.speakers),
              sum(utt2dur.values()) / 3600, f", {len(trial_lists)} trial list(s)" if trial_lists else "")
     if expect is not None:
@@ -313,12 +322,13 @@ def musan_split(musan_root: str | Path) -> dict[str, dict[str, tuple[str, str]]]
 def prepare_noise_dir(files: dict[str, tuple[str, str]], out_dir: Path, cfg: PrepareConfig) -> None:
     """Write a noise bank directory: wav.scp, utt2cat (category per file) and utt2dur."""
     wav_scp = {k: p for k, (p, _) in files.items()}
-    utt2dur, problems = probe_audio(wav_scp, dataclasses.replace(cfg, min_duration=0.0), out_dir.name)
-    with atomic_directory(out_dir) as staging:
-        write_table(staging / "wav.scp", {k: wav_scp[k] for k in utt2dur})
-        write_table(staging / "utt2cat", {k: files[k][1] for k in utt2dur})
-        write_table(staging / "utt2dur", {k: f"{d:.3f}" for k, d in utt2dur.items()})
-        _write_bad_list(staging, problems)
+    with sibling_lock(out_dir, "stage 1 (prepare_data)"):
+        utt2dur, problems = probe_audio(wav_scp, dataclasses.replace(cfg, min_duration=0.0), out_dir.name)
+        with atomic_directory(out_dir) as staging:
+            write_table(staging / "wav.scp", {k: wav_scp[k] for k in utt2dur})
+            write_table(staging / "utt2cat", {k: files[k][1] for k in utt2dur})
+            write_table(staging / "utt2dur", {k: f"{d:.3f}" for k, d in utt2dur.items()})
+            _write_bad_list(staging, problems)
     log.info("%s: %d files", out_dir, len(utt2dur))
 
 

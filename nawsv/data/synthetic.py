@@ -254,6 +254,17 @@ class MiniCorpusSpec:
     rirs_per_room: int = 3
     nonspeech_files: int = 10
 
+    def __post_init__(self) -> None:
+        at_least = {"dev_speakers": 2, "test_speakers": 2, "dev_utts_per_speaker": 2, "test_utts_per_speaker": 2,
+                    "sessions_per_speaker": 1, "musan_files_per_category": 2, "babble_talkers": 1,
+                    "rirs_per_room": 1, "nonspeech_files": 1}
+        for name, low in at_least.items():      # trials need two speakers; each MUSAN half needs every category
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if not 0 < self.min_duration <= self.max_duration or self.musan_duration <= 0:
+            raise ValueError(f"need 0 < min_duration <= max_duration and musan_duration > 0, got "
+                             f"{self.min_duration}, {self.max_duration}, {self.musan_duration}")
+
 
 def _video_id(rng: np.random.Generator) -> str:
     alphabet = string.ascii_letters + string.digits + "-_"

@@ -6,13 +6,14 @@ epoch reproduces its batches exactly.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from nawsv.data.store import UtteranceStore
+from nawsv.utils.errors import NawsvError
 from nawsv.utils.seeding import rng_for
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -79,8 +80,54 @@ def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def make_loader(dataset: Dataset, batches: Sequence[list], num_workers: int, pin_memory: bool) -> DataLoader:
-    """A DataLoader replaying ``batches``; workers stay single-threaded, item seeds come from the indices."""
-    return DataLoader(dataset, batch_sampler=FixedBatches(batches), num_workers=num_workers,
-                      pin_memory=pin_memory, worker_init_fn=_worker_init,
-                      generator=torch.Generator().manual_seed(0))
+class _Failed:
+    """A user error met while loading an item, carried out of the worker to be raised in the main process."""
+
+    def __init__(self, error: NawsvError) -> None:
+        self.error = error
+
+
+class _Guarded(Dataset):
+    """Returns a user error (bad audio) as an item instead of raising it inside a worker, where DataLoader would
+    wrap its message in the worker's traceback."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __getitem__(self, index: Any) -> Any:
+        try:
+            return self.dataset[index]
+        except NawsvError as exc:
+            return _Failed(exc)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def _collate(items: list) -> Any:
+    failed = next((item for item in items if isinstance(item, _Failed)), None)
+    return failed if failed is not None else default_collate(items)
+
+
+class _Batches:
+    """Iterates a DataLoader and raises a loading error as the original one-line user error."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            if isinstance(batch, _Failed):
+                raise batch.error
+            yield batch
+
+
+def make_loader(dataset: Dataset, batches: Sequence[list], num_workers: int, pin_memory: bool) -> Iterable[Any]:
+    """Batches replayed from ``batches`` by a DataLoader; workers stay single-threaded, item seeds come from the
+    indices, and bad audio stops training with the AudioError that names the utterance and file."""
+    return _Batches(DataLoader(_Guarded(dataset), batch_sampler=FixedBatches(batches), num_workers=num_workers,
+                               pin_memory=pin_memory, worker_init_fn=_worker_init, collate_fn=_collate,
+                               generator=torch.Generator().manual_seed(0)))

@@ -28,8 +28,9 @@ from nawsv.export.onnx import export_onnx, onnx_runner, require_onnx
 from nawsv.export.torchscript import save_torchscript, trace_model
 from nawsv.extract.config import ExtractConfig
 from nawsv.extract.stamp import file_sha256
-from nawsv.utils.atomic import atomic_directory
+from nawsv.utils.atomic import atomic_directory, atomic_write_text
 from nawsv.utils.errors import ConfigError, DataError, ExperimentError
+from nawsv.utils.lock import sibling_lock
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def read_export_config(directory: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"{path} does not exist; {directory} is not an export dir (run stage 8)") from None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} is not valid YAML ({exc}); rerun stage 8 (export)") from None
     if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
         raise DataError(f"{path} is not a nawsv export config (format {EXPORT_FORMAT!r}); rerun stage 8")
@@ -137,8 +138,6 @@ def protocol_of(cfg: ExtractConfig) -> dict:
 def export_model(model_path: str | Path, out_dir: str | Path, fmt: str = "torchscript",
                  cfg: ExtractConfig | None = None) -> Path:
     """Write (or keep, when up to date) the export dir of ``model_path``; returns its config path."""
-    from nawsv.models.speaker import load_speaker_model
-
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r} is not one of {sorted(FORMATS)}")
     formats = FORMATS[fmt]
@@ -148,6 +147,13 @@ def export_model(model_path: str | Path, out_dir: str | Path, fmt: str = "torchs
     if not source.is_file():
         raise ExperimentError(f"--model {source} does not exist; run the fine-tuning stage (4) first")
     cfg = cfg or ExtractConfig()
+    with sibling_lock(out_dir, "stage 8 (export)"):
+        return _export(source, out_dir, formats, cfg)
+
+
+def _export(source: Path, out_dir: Path, formats: Sequence[str], cfg: ExtractConfig) -> Path:
+    from nawsv.models.speaker import load_speaker_model
+
     sha256, protocol = file_sha256(source), protocol_of(cfg)
     if _up_to_date(out_dir, sha256, formats, protocol):
         log.info("%s is up to date with %s (sha256 %s...); skipped", out_dir, source, sha256[:12])
@@ -165,7 +171,7 @@ def export_model(model_path: str | Path, out_dir: str | Path, fmt: str = "torchs
             export_onnx(model, example, staging / FILES["onnx"])
             checks["onnx"] = check_export("ONNX", model, onnx_runner(staging / FILES["onnx"]))
         config = _config(model, source, sha256, protocol, checks)
-        (staging / CONFIG_NAME).write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        atomic_write_text(staging / CONFIG_NAME, yaml.safe_dump(config, sort_keys=False))
     log.info("exported %s to %s (%s; model %s; max relative deviation %s)", source, out_dir,
              ", ".join(FILES[f] for f in formats), how, {k: f"{v:.2g}" for k, v in checks.items()})
     return out_dir / CONFIG_NAME

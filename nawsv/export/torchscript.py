@@ -15,6 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from nawsv.utils.atomic import atomic_open
+from nawsv.utils.errors import ExperimentError
+
 
 def trace_model(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
     """Trace ``model`` (eval mode) on ``example`` [B, T]; the tracer's constant-folding warnings are expected."""
@@ -28,16 +31,23 @@ def trace_model(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModu
 
 
 def save_torchscript(module: torch.jit.ScriptModule, path: str | Path) -> None:
-    with warnings.catch_warnings():
+    """Write the module atomically (through a Python handle, so a full disk is reported like any other write)."""
+    with warnings.catch_warnings(), atomic_open(path, "wb", encoding=None) as handle:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
-        torch.jit.save(module, str(path))
+        torch.jit.save(module, handle)
 
 
 def load_torchscript(path: str | Path, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
+    """Load an exported module; a missing, truncated or foreign file is an ExperimentError naming it."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
-        module = torch.jit.load(str(path), map_location=device)
+        try:
+            module = torch.jit.load(str(path), map_location=device)
+        except (RuntimeError, ValueError, OSError) as exc:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ExperimentError(f"TorchScript model {path} cannot be read ({reason}); rerun stage 8 (export)"
+                                  ) from None
     module.eval()
     return module

@@ -5,12 +5,14 @@ readable from any working directory by ``kaldiio.load_scp`` and by Kaldi (``copy
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import kaldiio
 import numpy as np
 
+from nawsv.data.kaldi import text_lines
 from nawsv.utils.atomic import atomic_open, atomic_write_text
 from nawsv.utils.errors import DataError
 
@@ -41,6 +43,8 @@ def write_ark_scp(ark: str | Path, scp: str | Path, records: Iterable[tuple[str,
     ark, scp = Path(ark), Path(scp)
     with atomic_open(ark, "wb", encoding=None) as handle:
         offsets = _write_records(handle, records)
+        handle.flush()                   # a full disk shows here, while the old pair is still intact
+        os.fsync(handle.fileno())
         scp.unlink(missing_ok=True)
     target = str(ark.resolve())
     atomic_write_text(scp, "".join(f"{key} {target}:{offset}\n" for key, offset in offsets))
@@ -72,7 +76,7 @@ def read_ark(path: str | Path, keys: Sequence[str], matrix: bool) -> Iterator[tu
 def read_scp(path: str | Path) -> list[tuple[str, str]]:
     """(key, rxfile) per line of an scp."""
     pairs = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for _, line in text_lines(path):
         key, _, rxfile = line.partition(" ")
         pairs.append((key, rxfile.strip()))
     return pairs

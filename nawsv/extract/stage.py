@@ -22,6 +22,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from nawsv.data.kaldi import require_utf8_path
 from nawsv.data.sources import AudioSource, open_audio_source
 from nawsv.extract import stamp as stamps
 from nawsv.extract.arkio import read_ark, read_scp, write_ark, write_ark_scp
@@ -30,6 +31,7 @@ from nawsv.extract.embedder import Embedder, resolve_device
 from nawsv.extract.loader import iterate_audio
 from nawsv.utils.atomic import atomic_write_text
 from nawsv.utils.errors import ConfigError, DataError
+from nawsv.utils.lock import directory_lock
 from nawsv.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -175,25 +177,38 @@ def _run_chunks(model: SpeakerModelFile, cfg: ExtractConfig, plan: _SetPlan, tod
 
 
 def _merge(plan: _SetPlan) -> None:
-    with _merge_lock(plan.out_dir):
-        for kind in plan.kinds:
-            if final_complete(plan.out_dir, kind, plan.keys):
-                continue                      # another job merged it while this one waited for the lock
-            ark, scp = final_paths(plan.out_dir, kind)
-            records = (record for chunk, keys in enumerate(plan.chunks)
-                       for record in read_ark(plan.part(chunk, kind), keys, matrix=kind == "segments"))
-            count = write_ark_scp(ark, scp, records)
-            log.info("%s: wrote %s (%d utterances)", plan.out_dir, scp.name, count)
-        shutil.rmtree(plan.out_dir / "parts", ignore_errors=True)
+    """Concatenate the parts into the final ark/scp (the caller holds the merge lock)."""
+    for kind in plan.kinds:
+        if final_complete(plan.out_dir, kind, plan.keys):
+            continue
+        ark, scp = final_paths(plan.out_dir, kind)
+        records = (record for chunk, keys in enumerate(plan.chunks)
+                   for record in read_ark(plan.part(chunk, kind), keys, matrix=kind == "segments"))
+        count = write_ark_scp(ark, scp, records)
+        log.info("%s: wrote %s (%d utterances)", plan.out_dir, scp.name, count)
+    shutil.rmtree(plan.out_dir / "parts", ignore_errors=True)
 
 
 def extract_set(model: SpeakerModelFile, data_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, *,
                 job: int = 0, num_jobs: int = 1, merge_only: bool = False) -> bool:
-    """Extract (or complete, or merge) one data dir; True when its final outputs are complete afterwards."""
+    """Extract (or complete, or merge) one data dir; True when its final outputs are complete afterwards.
+
+    Jobs of an array share ``out_dir``, but one job index runs once at a time: a second copy stops with an
+    error naming the first (``<out_dir>/.job-<i>-of-<n>.lock``).
+    """
     if num_jobs < 1 or not 0 <= job < num_jobs:
         raise ConfigError(f"--job {job} --num_jobs {num_jobs}: need num_jobs >= 1 and 0 <= job < num_jobs")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    require_utf8_path(out_dir.resolve(), "--out_dir", "xvector.scp names its ark by the absolute path")
     source = open_audio_source(data_dir)
+    if merge_only:
+        return _extract_set(model, source, data_dir, out_dir, cfg, job, num_jobs, merge_only)
+    with directory_lock(out_dir, f"stage 5 job {job} of {num_jobs}", name=f".job-{job}-of-{num_jobs}.lock"):
+        return _extract_set(model, source, data_dir, out_dir, cfg, job, num_jobs, merge_only)
+
+
+def _extract_set(model: SpeakerModelFile, source: AudioSource, data_dir: Path, out_dir: Path, cfg: ExtractConfig,
+                 job: int, num_jobs: int, merge_only: bool) -> bool:
     plan = _plan(model, data_dir, out_dir, cfg, source)
     if plan is None:
         log.info("%s: embeddings already complete in %s; skipped", data_dir.name, out_dir)
@@ -204,12 +219,17 @@ def extract_set(model: SpeakerModelFile, data_dir: str | Path, out_dir: str | Pa
              len(plan.keys), len(plan.chunks), " + ".join(plan.kinds), job, num_jobs, len(todo))
     if todo:
         _run_chunks(model, cfg, plan, todo, source)
-    waiting = [c for c in range(len(plan.chunks)) if not plan.chunk_done(c)]
-    if waiting:
-        if merge_only:
-            raise DataError(f"{out_dir}: {len(waiting)} chunk(s) are not extracted yet (e.g. chunk {waiting[0]}, "
-                            f"done by job {waiting[0] % num_jobs} of {num_jobs}); run the missing jobs first")
-        log.info("%s: %d chunk(s) left to other jobs; the last job to finish merges", data_dir.name, len(waiting))
-        return False
-    _merge(plan)
+    with _merge_lock(out_dir):
+        if all(final_complete(out_dir, kind, plan.keys) for kind in plan.kinds):
+            return True                   # another job merged the set while this one worked or waited
+        waiting = [c for c in range(len(plan.chunks)) if not plan.chunk_done(c)]
+        if waiting:
+            if merge_only:
+                raise DataError(f"{out_dir}: {len(waiting)} chunk(s) are not extracted yet (e.g. chunk "
+                                f"{waiting[0]}, done by job {waiting[0] % num_jobs} of {num_jobs}); run the missing "
+                                f"jobs first")
+            log.info("%s: %d chunk(s) left to other jobs; the last job to finish merges", data_dir.name,
+                     len(waiting))
+            return False
+        _merge(plan)
     return True

@@ -52,7 +52,7 @@ def read_stamp(out_dir: Path) -> dict[str, Any] | None:
         return None
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} is not valid YAML ({exc}); delete {out_dir} and rerun the extraction") from None
     if not isinstance(data, dict) or data.get("format") != STAMP_FORMAT or any(k not in data for k in DEFINING):
         raise DataError(f"{path} is not a nawsv extraction stamp; delete {out_dir} and rerun the extraction")

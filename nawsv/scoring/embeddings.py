@@ -18,6 +18,7 @@ from typing import Literal
 
 import numpy as np
 
+from nawsv.data.kaldi import text_lines
 from nawsv.utils.errors import DataError
 
 _GATHER_ELEMENTS = 1 << 22          # floats gathered per numpy call: bounds the temporary index arrays
@@ -78,13 +79,12 @@ def _read_scp_lines(scp: Path) -> _Scp:
         raise DataError(f"embedding list {scp} does not exist; run stage 5 (extraction) for this set first")
     keys: list[str] = []
     rxfiles: list[str] = []
-    with scp.open("r", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            fields = line.split(None, 1)
-            if len(fields) != 2:
-                raise DataError(f"{scp}:{number}: expected 'key ark_path:offset', got {line.rstrip()!r}")
-            keys.append(fields[0])
-            rxfiles.append(fields[1].strip())
+    for number, line in text_lines(scp):
+        fields = line.split(None, 1)
+        if len(fields) != 2:
+            raise DataError(f"{scp}:{number}: expected 'key ark_path:offset', got {line.rstrip()!r}")
+        keys.append(fields[0])
+        rxfiles.append(fields[1].strip())
     if not keys:
         raise DataError(f"embedding list {scp} is empty; rerun stage 5 (extraction) for this set")
     if len(set(keys)) != len(keys):

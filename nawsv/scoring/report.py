@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from nawsv.data.kaldi import printable_path
 from nawsv.scoring.conditions import CLEAN
 from nawsv.scoring.config import ReportConfig, ScoreConfig
 from nawsv.scoring.metrics import det_curve
@@ -23,6 +24,7 @@ from nawsv.scoring.score_files import read_scores
 from nawsv.scoring.stage import score_path
 from nawsv.utils.atomic import atomic_write_text
 from nawsv.utils.config import config_from_dict, read_yaml
+from nawsv.utils.lock import directory_lock
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +154,14 @@ def run_report(exp_dir: Path, cfg: ReportConfig) -> str:
     """Write the figures and report.md; returns the report text."""
     rows = read_results_tsv(exp_dir / "results.tsv")
     score_cfg = load_score_config(exp_dir)
+    with directory_lock(exp_dir, "stage 7 (report)", name=".report.lock"):
+        return _write_report(exp_dir, cfg, rows, score_cfg)
+
+
+def _write_report(exp_dir: Path, cfg: ReportConfig, rows: list[ResultRow], score_cfg: ScoreConfig) -> str:
     report_dir = exp_dir / "report"
     trial_names = list(dict.fromkeys(r.trials for r in rows))
-    out = [f"# NAW-SV report: {exp_dir.resolve().name}", "",
+    out = [f"# NAW-SV report: {printable_path(exp_dir.resolve().name)}", "",
            f"Our numbers come from `results.tsv` (stage 6). The paper's are EERs (%) on {PAPER_TRIALS} "
            f"({PAPER_NUM_TRIALS} trials) of WavLM-Base+ NAW-SV systems, from {SOURCE}. The paper's category "
            f"\"speech\" is our `babble`; it reports no minDCF (ours are in results.md) and no Nonspeech100 cells.",

@@ -66,26 +66,32 @@ def read_results_tsv(path: str | Path) -> list[ResultRow]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist; run stage 6 (scoring) first")
-    with path.open("r", encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter="\t")
-        header = next(reader, None)
-        if header is None or tuple(header[:len(BASE_COLUMNS)]) != BASE_COLUMNS:
-            raise DataError(f"{path}: the header is not {' '.join(BASE_COLUMNS)} mindcf_<p>...; rerun stage 6")
-        dcf_names = header[len(BASE_COLUMNS):]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text; rerun stage 6") from None
+    reader = csv.reader(text.splitlines(), delimiter="\t")
+    header = next(reader, None)
+    if header is None or tuple(header[:len(BASE_COLUMNS)]) != BASE_COLUMNS:
+        raise DataError(f"{path}: the header is not {' '.join(BASE_COLUMNS)} mindcf_<p>...; rerun stage 6")
+    dcf_names = header[len(BASE_COLUMNS):]
+    try:
         p_targets = [float(name.removeprefix("mindcf_")) for name in dcf_names]
-        rows = []
-        for number, fields in enumerate(reader, 2):
-            if len(fields) != len(header):
-                raise DataError(f"{path}:{number}: expected {len(header)} tab-separated fields, got {len(fields)}")
-            try:
-                rows.append(ResultRow(
-                    trials=fields[0], set_name=fields[1], condition=fields[2],
-                    category=None if fields[3] == MISSING else fields[3],
-                    snr=None if fields[4] == MISSING else int(fields[4]), method=fields[5],
-                    num_trials=int(fields[6]), eer=float(fields[7]) / 100.0,
-                    min_dcf={p: float(v) for p, v in zip(p_targets, fields[len(BASE_COLUMNS):])}))
-            except ValueError as exc:
-                raise DataError(f"{path}:{number}: malformed number ({exc}); rerun stage 6") from None
+    except ValueError:
+        raise DataError(f"{path}: the header names unknown columns {dcf_names}; rerun stage 6") from None
+    rows = []
+    for number, fields in enumerate(reader, 2):
+        if len(fields) != len(header):
+            raise DataError(f"{path}:{number}: expected {len(header)} tab-separated fields, got {len(fields)}")
+        try:
+            rows.append(ResultRow(
+                trials=fields[0], set_name=fields[1], condition=fields[2],
+                category=None if fields[3] == MISSING else fields[3],
+                snr=None if fields[4] == MISSING else int(fields[4]), method=fields[5],
+                num_trials=int(fields[6]), eer=float(fields[7]) / 100.0,
+                min_dcf={p: float(v) for p, v in zip(p_targets, fields[len(BASE_COLUMNS):])}))
+        except ValueError as exc:
+            raise DataError(f"{path}:{number}: malformed number ({exc}); rerun stage 6") from None
     return rows
 
 

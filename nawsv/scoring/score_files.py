@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nawsv.data.kaldi import Trial
+from nawsv.data.kaldi import Trial, text_lines
 from nawsv.utils.atomic import atomic_open
 from nawsv.utils.errors import DataError
 
@@ -38,23 +38,22 @@ def read_scores(path: str | Path) -> tuple[list[tuple[str, str]], np.ndarray, np
     scores: list[float] = []
     labels: list[bool] = []
     width = None
-    with path.open("r", encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            fields = line.split()
-            if width is None:
-                width = len(fields)
-            if len(fields) != width or width not in (3, 4):
-                raise DataError(f"{path}:{number}: expected 'enrol test score [target|nontarget]' on every line "
-                                f"(same number of fields), got {line.rstrip()!r}")
-            try:
-                scores.append(float(fields[2]))
-            except ValueError:
-                raise DataError(f"{path}:{number}: score {fields[2]!r} is not a number") from None
-            if width == 4:
-                if fields[3] not in ("target", "nontarget"):
-                    raise DataError(f"{path}:{number}: label {fields[3]!r} is not target or nontarget")
-                labels.append(fields[3] == "target")
-            pairs.append((fields[0], fields[1]))
+    for number, line in text_lines(path):
+        fields = line.split()
+        if width is None:
+            width = len(fields)
+        if len(fields) != width or width not in (3, 4):
+            raise DataError(f"{path}:{number}: expected 'enrol test score [target|nontarget]' on every line "
+                            f"(same number of fields), got {line.rstrip()!r}")
+        try:
+            scores.append(float(fields[2]))
+        except ValueError:
+            raise DataError(f"{path}:{number}: score {fields[2]!r} is not a number") from None
+        if width == 4:
+            if fields[3] not in ("target", "nontarget"):
+                raise DataError(f"{path}:{number}: label {fields[3]!r} is not target or nontarget")
+            labels.append(fields[3] == "target")
+        pairs.append((fields[0], fields[1]))
     if not pairs:
         raise DataError(f"score file {path} is empty; rerun stage 6 (scoring)")
     return pairs, np.asarray(scores, dtype=np.float32), (np.asarray(labels, dtype=bool) if width == 4 else None)

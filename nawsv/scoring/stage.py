@@ -2,7 +2,10 @@
 
 Reads ``<exp>/embeddings/<set>/xvector[_seg].scp`` and ``<data>/<test_set>/trials/*``; writes
 ``<exp>/scores/<trials>_<condition>_<method>.score``, ``<exp>/results.tsv``, ``<exp>/results.md`` and the
-resolved config ``<exp>/scores/config.yaml``. Everything is recomputed on each run and written atomically.
+resolved config ``<exp>/scores/config.yaml``. Everything is recomputed on each run and written atomically,
+and only once every set, condition and trial list has been scored: bad input (a trial naming an utterance
+without an embedding, a damaged ark) stops the stage before it rewrites any file. One scoring run at a time
+per experiment (``<exp>/.score.lock``).
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nawsv.data.kaldi import Trial, read_table, read_trials
+from nawsv.data.kaldi import Trial, printable_path, read_table, read_trials
 from nawsv.scoring.asnorm import (Cohort, asnorm_scores, cohort_statistics, effective_top_n, speaker_cohort,
                                   trial_rows)
 from nawsv.scoring.conditions import Condition, discover_conditions
@@ -27,6 +30,7 @@ from nawsv.scoring.score_files import write_scores
 from nawsv.utils.atomic import atomic_write_text
 from nawsv.utils.config import save_config
 from nawsv.utils.errors import ConfigError, DataError
+from nawsv.utils.lock import directory_lock
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +131,13 @@ def score_condition(job: ScoreJob, cfg: ScoreConfig, condition: Condition, trial
     return out
 
 
-def score_test_set(job: ScoreJob, cfg: ScoreConfig) -> tuple[list[ResultRow], list[str], list[Condition]]:
-    """Score one clean test set and its noisy conditions; write the score files; return rows, unlabelled lists
-    and the conditions found."""
+ScoreFile = tuple[Path, list[Trial], np.ndarray]
+
+
+def score_test_set(job: ScoreJob, cfg: ScoreConfig
+                   ) -> tuple[list[ResultRow], list[str], list[Condition], list[str], list[ScoreFile]]:
+    """Score one clean test set and its noisy conditions; return rows, unlabelled lists, the conditions found,
+    notes and the score files to write."""
     if "asnorm" in cfg.methods and not job.cohort_set:
         raise ConfigError("the asnorm method needs a cohort: pass --cohort_set <training set with embeddings> "
                           "(e.g. mini_dev), or drop it with --override 'methods=[cosine,segment,full]'")
@@ -143,11 +151,12 @@ def score_test_set(job: ScoreJob, cfg: ScoreConfig) -> tuple[list[ResultRow], li
     for name in unlabelled:
         log.warning("trial list %s has no target/nontarget labels: writing its scores without metrics", name)
     rows: list[ResultRow] = []
+    outputs: list[ScoreFile] = []
     for condition in conditions:
         scored = score_condition(job, cfg, condition, trial_lists, cohort, top_n)
         for name, by_method in scored.items():
             for method, scores in by_method.items():
-                write_scores(score_path(job.scores_dir, name, condition.name, method), trial_lists[name], scores)
+                outputs.append((score_path(job.scores_dir, name, condition.name, method), trial_lists[name], scores))
                 if labels[name] is None:
                     continue
                 metrics = compute_metrics(scores, labels[name], cfg.p_targets, cfg.c_miss, cfg.c_fa,
@@ -155,7 +164,7 @@ def score_test_set(job: ScoreJob, cfg: ScoreConfig) -> tuple[list[ResultRow], li
                 rows.append(ResultRow(name, condition.set_name, condition.name, condition.category, condition.snr,
                                       method, len(scores), metrics.eer, metrics.min_dcf))
         log.info("scored %s", condition.set_name)
-    return rows, unlabelled, conditions, _notes(job, top_n, cohort)
+    return rows, unlabelled, conditions, _notes(job, top_n, cohort), outputs
 
 
 def run_score_stage(jobs: ScoreJob | Sequence[ScoreJob], cfg: ScoreConfig) -> tuple[list[ResultRow], str]:
@@ -168,19 +177,31 @@ def run_score_stage(jobs: ScoreJob | Sequence[ScoreJob], cfg: ScoreConfig) -> tu
     exp_dirs = {job.exp_dir for job in jobs}
     if len(exp_dirs) != 1:
         raise ConfigError(f"all test sets must belong to one experiment dir, got {sorted(map(str, exp_dirs))}")
+    exp_dir = jobs[0].exp_dir
+    if not exp_dir.is_dir():
+        raise DataError(f"experiment dir {exp_dir} does not exist; run stage 5 (extraction) first or check --exp_dir")
+    with directory_lock(exp_dir, "stage 6 (score)", name=".score.lock"):
+        return _score_and_write(jobs, cfg)
+
+
+def _score_and_write(jobs: list[ScoreJob], cfg: ScoreConfig) -> tuple[list[ResultRow], str]:
     rows: list[ResultRow] = []
     unlabelled: list[str] = []
     noisy: list[str] = []
     notes: list[str] = []
+    outputs: list[ScoreFile] = []
     for job in jobs:
-        set_rows, set_unlabelled, conditions, set_notes = score_test_set(job, cfg)
+        set_rows, set_unlabelled, conditions, set_notes, set_outputs = score_test_set(job, cfg)
         rows += set_rows
         unlabelled += set_unlabelled
         noisy += [c.name for c in conditions if not c.is_clean and c.name not in noisy]
         notes += set_notes
+        outputs += set_outputs
     exp_dir = jobs[0].exp_dir
+    for path, trials, scores in outputs:
+        write_scores(path, trials, scores)
     save_config(dataclasses.replace(cfg, conditions=noisy), jobs[0].scores_dir, allow_change=True)
-    text = results_markdown(rows, title=f"Results of {exp_dir.resolve().name}", methods=cfg.methods,
+    text = results_markdown(rows, title=f"Results of {printable_path(exp_dir.resolve().name)}", methods=cfg.methods,
                             p_targets=cfg.p_targets, categories=cfg.categories, snrs=cfg.snrs,
                             noisy_method=cfg.noisy_method, notes=notes, unlabelled=unlabelled)
     write_results_tsv(exp_dir / "results.tsv", rows, cfg.p_targets)
@@ -189,7 +210,8 @@ def run_score_stage(jobs: ScoreJob | Sequence[ScoreJob], cfg: ScoreConfig) -> tu
 
 
 def _notes(job: ScoreJob, top_n: int, cohort: Cohort | None) -> list[str]:
-    notes = [f"test set {job.test_set}; embeddings from {job.embeddings_dir}; score files in {job.scores_dir}"]
+    notes = [f"test set {job.test_set}; embeddings from {printable_path(job.embeddings_dir)}; score files in "
+             f"{printable_path(job.scores_dir)}"]
     if cohort is not None:
         notes.append(f"asnorm: top {top_n} of {len(cohort.speakers)} cohort speakers "
                      f"(speaker means of {job.cohort_set}), population std")

@@ -43,8 +43,16 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
+def _refuse_newer(path: Path, version: object) -> None:
+    """A checkpoint of a newer format is never skipped: falling back past it would overwrite it."""
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise ExperimentError(f"checkpoint {path} has format version {version}, written by a newer nawsv; this "
+                              f"version reads format {FORMAT_VERSION}. Continue the experiment with the nawsv "
+                              f"version that wrote it, or start a new experiment directory (nothing was changed)")
+
+
 def verify_checkpoint(path: str | Path) -> str | None:
-    """Return why ``path`` cannot be trusted, or None when it is intact."""
+    """Return why ``path`` cannot be trusted, or None when it is intact; raise for a newer format version."""
     path = Path(path)
     sidecar = path.with_suffix(".json")
     if not path.is_file():
@@ -52,11 +60,14 @@ def verify_checkpoint(path: str | Path) -> str | None:
     if not sidecar.is_file():
         return "checksum sidecar is missing (the write did not finish)"
     try:
-        meta = json.loads(sidecar.read_text())
-    except (OSError, json.JSONDecodeError):
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return "checksum sidecar is unreadable"
+    if not isinstance(meta, dict):
+        return "checksum sidecar is unreadable"
+    _refuse_newer(path, meta.get("format_version"))
     if meta.get("format_version") != FORMAT_VERSION:
-        return f"format version {meta.get('format_version')} is not {FORMAT_VERSION}"
+        return f"format version {meta.get('format_version')!r} is not {FORMAT_VERSION}"
     data = path.read_bytes()
     if len(data) != meta.get("bytes"):
         return f"size {len(data)} bytes differs from the recorded {meta.get('bytes')} (truncated?)"
@@ -71,7 +82,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if problem:
         raise ExperimentError(f"checkpoint {path} cannot be used: {problem}; remove it to fall back to an "
                               f"earlier checkpoint")
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt or foreign file
+        raise ExperimentError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); remove it to fall "
+                              f"back to an earlier checkpoint") from None
+    if not isinstance(state, dict):
+        raise ExperimentError(f"checkpoint {path} is not a nawsv training checkpoint; remove it")
+    _refuse_newer(Path(path), state.get("format_version"))
+    return state
 
 
 def _order(path: Path) -> tuple[int, int]:

@@ -1,15 +1,25 @@
 """Atomic file and directory writes: readers never see half-written outputs.
 
-A killed stage leaves at most a hidden temporary next to the target, never a truncated target.
+A killed stage leaves at most a hidden temporary next to the target, never a truncated target. A write that
+fails (read-only or forbidden directory, full disk, text that is not UTF-8) removes its temporary, leaves the
+old target as it was and raises a one-line user error that names the target, the cause and the fix.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+from nawsv.utils.errors import DataError, OutputError
+
+# errno values that, raised while the body of a write block runs, can only mean the output cannot be written
+_WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def _fsync_dir(path: Path) -> None:
@@ -25,25 +35,67 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def output_error(target: str | os.PathLike, exc: OSError) -> OutputError:
+    """A user error for an OSError met while writing ``target``: what failed, why, and what to do."""
+    target = Path(target)
+    cause = exc.strerror or str(exc)
+    code = errno.errorcode.get(exc.errno or 0)
+    if exc.errno in _NO_SPACE:
+        fix = "free space (or quota) on that file system, or write the outputs elsewhere, then rerun"
+    elif exc.errno in _NOT_ALLOWED:
+        fix = f"make {target.parent} writable, or choose another output directory, then rerun"
+    else:
+        fix = "check the file system, then rerun"
+    return OutputError(f"cannot write {target}: {cause}{f' ({code})' if code else ''}; {fix}. Existing outputs were "
+                       f"left as they were")
+
+
+def _encoding_error(target: Path, exc: UnicodeEncodeError) -> DataError:
+    text = exc.object if isinstance(exc.object, str) else ""
+    fragment = text[max(0, exc.start - 30):exc.end + 30]
+    try:                                       # the bytes of a non-UTF-8 file name, shown as \xe9 escapes
+        shown = os.fsencode(fragment).decode("utf-8", "backslashreplace")
+    except UnicodeError:
+        shown = fragment.encode("utf-8", "backslashreplace").decode("utf-8")
+    return DataError(f"cannot write {target}: the text holds characters that are not valid UTF-8 (near "
+                     f"'{shown}'), usually a file or directory name with non-UTF-8 bytes; rename it to UTF-8 "
+                     f"(e.g. with convmv) and rerun")
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; rename it over ``path`` only on success."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     binary = "b" in mode
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise output_error(target, exc) from None
     tmp = Path(tmp_name)
+    committing = False
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
             yield handle
+            committing = True
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if committing or exc.errno in _WRITE_FAILURES:
+            raise output_error(target, exc) from None
+        raise
+    except UnicodeEncodeError as exc:
+        tmp.unlink(missing_ok=True)
+        if binary:
+            raise
+        raise _encoding_error(target, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(target.parent)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -66,20 +118,34 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     replaced as a whole, so a reader sees either the old or the new set of files, never a mix.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    except OSError as exc:
+        raise output_error(target, exc) from None
+    committing = False
     try:
         yield staging
+        committing = True
         os.chmod(staging, 0o755)
         if target.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
             retired.rmdir()
             os.replace(target, retired)
-            os.replace(staging, target)
+            try:
+                os.replace(staging, target)
+            except OSError:
+                os.replace(retired, target)          # put the old directory back before reporting
+                raise
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, target)
-        _fsync_dir(target.parent)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if committing or exc.errno in _WRITE_FAILURES:
+            raise output_error(target, exc) from None
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _fsync_dir(target.parent)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NoReturn, Sequence
 
 from nawsv.utils.errors import NawsvError
 
@@ -20,6 +21,13 @@ def setup_logging(verbose: bool = False) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     root.propagate = False
     logging.addLevelName(logging.INFO, "LOG")
+
+
+class StageParser(argparse.ArgumentParser):
+    """argparse whose usage errors look like every other user error: one ``ERROR:`` line and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"ERROR: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def str2bool(text: str) -> bool:
@@ -48,12 +56,20 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", type=str2bool, default=False, help="debug logging (true/false)")
 
 
+def _printable(text: str) -> str:
+    """``text`` with bytes of non-UTF-8 file names shown as ``\\xe9`` escapes, printable on any stream."""
+    try:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    except UnicodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Run ``main`` turning user errors into one ``ERROR:`` line and a non-zero exit code."""
     try:
         return main(argv)
     except NawsvError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
+        print(f"ERROR: {_printable(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("ERROR: interrupted", file=sys.stderr)

@@ -240,6 +240,8 @@ def save_config(cfg: Any, directory: str | Path, name: str = "config.yaml", allo
     """Store the resolved config in ``directory``; refuse to silently change an existing experiment's config."""
     path = Path(directory) / name
     text = dump_config(cfg)
+    if path.is_file() and path.read_bytes() == text.encode("utf-8"):
+        return path                                  # unchanged: leave the file (and its mtime) alone
     if path.exists() and not allow_change:
         old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         changes = _diff(old, to_dict(cfg))

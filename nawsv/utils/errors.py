@@ -26,3 +26,7 @@ class AudioError(DataError):
 
 class ExperimentError(NawsvError):
     """An experiment directory in a state that would be unsafe to continue (locked, config changed)."""
+
+
+class OutputError(NawsvError):
+    """An output cannot be written: read-only or forbidden directory, full disk or quota."""
