@@ -17,7 +17,7 @@ from typing import Sequence
 
 from nawsv.export.package import FORMATS, export_model
 from nawsv.extract.config import ExtractConfig
-from nawsv.utils.cli import StageParser, add_common_options, run_main, setup_logging
+from nawsv.utils.cli import StageParser, add_common_options, add_config_options, run_main, setup_logging
 from nawsv.utils.config import load_config
 
 log = logging.getLogger("nawsv.bin.export")
@@ -31,10 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out_dir", type=Path, required=True, help="export dir, e.g. exp/<name>/export")
     parser.add_argument("--format", choices=sorted(FORMATS), default="torchscript",
                         help="what to export (onnx and both need: pip install -e '.[onnx]')")
-    parser.add_argument("--config", type=Path,
-                        help="stage-5 YAML (conf/extract.yaml) whose segment protocol is recorded in config.yaml")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a stage-5 config key, e.g. --override segments.num=3 (repeatable)")
+    add_config_options(parser, "stage-5 YAML (conf/extract.yaml) whose segment protocol is recorded in config.yaml",
+                       "segments.num=3")
     add_common_options(parser)
     return parser
 

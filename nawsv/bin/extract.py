@@ -26,7 +26,8 @@ from typing import Sequence
 
 from nawsv.extract.config import ExtractConfig
 from nawsv.extract.stage import SpeakerModelFile, extract_set
-from nawsv.utils.cli import StageParser, add_common_options, positive_int, run_main, setup_logging, str2bool
+from nawsv.utils.cli import (StageParser, add_common_options, add_config_options, add_job_options, positive_int,
+                            run_main, setup_logging)
 from nawsv.utils.config import load_config
 from nawsv.utils.errors import ConfigError
 
@@ -46,18 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="set names (or shell patterns) under --data_root, written to --emb_root/<set>")
     parser.add_argument("--data_root", type=Path, help="parent of the --sets data dirs, e.g. data")
     parser.add_argument("--emb_root", type=Path, help="parent of the --sets output dirs, e.g. exp/<name>/embeddings")
-    parser.add_argument("--config", type=Path, help="stage-5 YAML (conf/extract.yaml); defaults apply when absent")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --override segments.num=3 (repeatable)")
+    add_config_options(parser, "stage-5 YAML (conf/extract.yaml); defaults apply when absent", "segments.num=3")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     parser.add_argument("--num_threads", type=positive_int,
                         help="CPU threads of the model (default: torch's choice, one per core); on shared nodes "
                              "set it to the cores you were given")
-    parser.add_argument("--job", type=int, default=0, help="this job's index, 0 .. num_jobs-1")
-    parser.add_argument("--num_jobs", type=positive_int, default=1,
-                        help="number of jobs sharing each set (e.g. a Slurm array); chunks are dealt round-robin")
-    parser.add_argument("--merge", type=str2bool, default=False,
-                        help="only merge finished partial arks (fails naming any chunk still missing)")
+    add_job_options(parser, "each set's chunks are dealt round-robin",
+                    merge="only merge finished partial arks (fails naming any chunk still missing)")
     add_common_options(parser)
     return parser
 

@@ -13,7 +13,7 @@ from typing import Sequence
 
 from nawsv.data.synthetic import MiniCorpusSpec, make_mini_corpus
 from nawsv.utils.atomic import atomic_directory, atomic_write_text
-from nawsv.utils.cli import StageParser, add_common_options, run_main, setup_logging, str2bool
+from nawsv.utils.cli import StageParser, add_common_options, add_config_options, run_main, setup_logging, str2bool
 from nawsv.utils.config import dump_config, load_config
 from nawsv.utils.errors import ExperimentError
 from nawsv.utils.lock import sibling_lock
@@ -25,9 +25,7 @@ STAMP = "corpus_config.yaml"
 def build_parser() -> argparse.ArgumentParser:
     parser = StageParser(prog="python -m nawsv.bin.make_mini_corpus", description=__doc__)
     parser.add_argument("--out", type=Path, required=True, help="corpus root to create")
-    parser.add_argument("--config", type=Path, help="YAML with MiniCorpusSpec keys (egs/mini/conf/corpus.yaml)")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a corpus key, e.g. --override dev_speakers=20 (repeatable)")
+    add_config_options(parser, "YAML with MiniCorpusSpec keys (egs/mini/conf/corpus.yaml)", "dev_speakers=20")
     parser.add_argument("--force", type=str2bool, default=False,
                         help="replace an existing corpus made with a different config")
     add_common_options(parser)

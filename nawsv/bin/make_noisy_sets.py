@@ -18,20 +18,11 @@ from pathlib import Path
 from typing import Sequence
 
 from nawsv.data.noisy_sets import AUDIO_FORMATS, NoisySetConfig, make_noisy_sets
-from nawsv.utils.cli import StageParser, add_common_options, positive_int, run_main, setup_logging, str2bool
+from nawsv.utils.cli import (StageParser, add_common_options, add_config_options, add_job_options, positive_int,
+                            run_main, setup_logging, str2bool)
 from nawsv.utils.config import load_config
 
 log = logging.getLogger("nawsv.bin.make_noisy_sets")
-
-
-def _job_index(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a job index >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a job index >= 0, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,19 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="MUSAN *test* half bank (data/musan_test); needed for noise, music and babble")
     parser.add_argument("--nonspeech", type=Path, help="Nonspeech100 bank (data/nonspeech); needed for nonspeech")
     parser.add_argument("--set_name", help="name used in the condition dirs (default: the --data folder name)")
-    parser.add_argument("--config", type=Path, help="stage-2 YAML (conf/noisy.yaml); defaults apply when absent")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --override snrs=[0,10] (repeatable)")
+    add_config_options(parser, "stage-2 YAML (conf/noisy.yaml); defaults apply when absent", "snrs=[0,10]")
     parser.add_argument("--materialize", type=str2bool, default=True,
                         help="write the mixed audio and a wav.scp (true), or only the manifest (false)")
     parser.add_argument("--audio_format", choices=AUDIO_FORMATS, default="wav",
                         help="container of materialised audio; both are lossless 16-bit PCM")
     parser.add_argument("--nj", type=positive_int, default=1, help="worker processes")
-    parser.add_argument("--job", type=_job_index, default=0, help="this job's index, 0 .. num_jobs-1")
-    parser.add_argument("--num_jobs", type=positive_int, default=1,
-                        help="number of jobs sharing the work (e.g. a Slurm array); chunks are dealt round-robin")
-    parser.add_argument("--merge", type=str2bool, default=False,
-                        help="only merge finished partial manifests (fails naming any job still missing)")
+    add_job_options(parser, "chunks are dealt round-robin",
+                    merge="only merge finished partial manifests (fails naming any job still missing)")
     add_common_options(parser)
     return parser
 

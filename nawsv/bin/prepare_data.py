@@ -19,7 +19,8 @@ from typing import Sequence
 
 from nawsv.data.prepare import (KNOWN_SETS, PrepareConfig, parse_trials_option, prepare_flat_bank, prepare_musan,
                                 prepare_speaker_set)
-from nawsv.utils.cli import StageParser, add_common_options, positive_int, run_main, setup_logging
+from nawsv.utils.cli import (StageParser, add_common_options, add_config_options, add_job_options, run_main,
+                            setup_logging)
 from nawsv.utils.config import load_config
 
 log = logging.getLogger("nawsv.bin.prepare_data")
@@ -31,9 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def common(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--config", type=Path, help="stage-1 YAML (conf/prepare.yaml); defaults apply when absent")
-        sub.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                         help="override a config key, e.g. --override nj=8 (repeatable)")
+        add_config_options(sub, "stage-1 YAML (conf/prepare.yaml); defaults apply when absent", "nj=8")
         add_common_options(sub)
 
     speakers = commands.add_parser("speakers", help="VoxCeleb-layout speaker tree -> Kaldi dir + lists")
@@ -66,9 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="output tree (same relative paths, new suffix); files already there are skipped")
     convert.add_argument("--format", choices=["flac", "wav"], default="flac",
                          help="container of the 16-bit output; FLAC is lossless and smaller than WAV")
-    convert.add_argument("--job", type=int, default=0, help="this job's index, 0 .. num_jobs-1 (Slurm array index)")
-    convert.add_argument("--num_jobs", type=positive_int, default=1,
-                         help="number of jobs sharing the files (dealt round-robin in sorted order)")
+    add_job_options(convert, "files are dealt round-robin in sorted order")
     common(convert)
     return parser
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from nawsv.scoring.config import ReportConfig
-from nawsv.utils.cli import StageParser, add_common_options, run_main, setup_logging
+from nawsv.utils.cli import StageParser, add_common_options, add_config_options, run_main, setup_logging
 from nawsv.utils.config import load_config
 
 log = logging.getLogger("nawsv.bin.report")
@@ -19,9 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = StageParser(prog="python -m nawsv.bin.report", description=__doc__)
     parser.add_argument("--exp_dir", type=Path, required=True,
                         help="experiment dir holding results.tsv and scores/ from stage 6; report/ goes here")
-    parser.add_argument("--config", type=Path, help="stage-7 YAML (conf/report.yaml); defaults apply when absent")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --override det_snr=5 (repeatable)")
+    add_config_options(parser, "stage-7 YAML (conf/report.yaml); defaults apply when absent", "det_snr=5")
     add_common_options(parser)
     return parser
 

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from nawsv.scoring.config import ScoreConfig
 from nawsv.scoring.stage import ScoreJob, run_score_stage
-from nawsv.utils.cli import StageParser, add_common_options, run_main, setup_logging
+from nawsv.utils.cli import StageParser, add_common_options, add_config_options, run_main, setup_logging
 from nawsv.utils.config import load_config
 from nawsv.utils.errors import ConfigError
 
@@ -37,9 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cohort_set", default=None,
                         help="training set whose speaker-mean embeddings form the AS-norm cohort, e.g. mini_dev "
                              "(needed when methods include asnorm)")
-    parser.add_argument("--config", type=Path, help="stage-6 YAML (conf/score.yaml); defaults apply when absent")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --override asnorm_top_n=100 (repeatable)")
+    add_config_options(parser, "stage-6 YAML (conf/score.yaml); defaults apply when absent", "asnorm_top_n=100")
     add_common_options(parser)
     return parser
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from nawsv.utils.cli import StageParser, add_common_options, run_main, setup_logging, str2bool
+from nawsv.utils.cli import StageParser, add_common_options, add_config_options, run_main, setup_logging, str2bool
 from nawsv.utils.config import load_config, save_config
 from nawsv.utils.errors import ConfigError, ExperimentError, NawsvError
 from nawsv.utils.seeding import seed_everything
@@ -32,9 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = StageParser(prog="python -m nawsv.bin.train", description=__doc__,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=sorted(FINAL), help="warmup (stage 3) or finetune (stage 4)")
-    parser.add_argument("--config", type=Path, help="stage YAML (conf/warmup.yaml or conf/finetune.yaml)")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --override optim.lr=1e-4 (repeatable)")
+    add_config_options(parser, "stage YAML (conf/warmup.yaml or conf/finetune.yaml)", "optim.lr=1e-4")
     parser.add_argument("--train_data", type=Path, required=True,
                         help="training data dir from stage 1 (raw.list or shard.list, see data.list_type)")
     parser.add_argument("--musan", type=Path, help="noise bank for augmentation: the MUSAN train half (data/musan_train)")

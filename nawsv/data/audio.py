@@ -48,7 +48,7 @@ def audio_info(path: str | os.PathLike, key: str | None = None) -> AudioInfo:
     try:
         info = sf.info(os.fsencode(path))     # bytes: names that are not UTF-8 open too
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioError(f"{_name(path, key)}: cannot read audio header ({exc}); the file is corrupt or not audio")
+        raise AudioError(f"{_name(path, key)}: cannot read audio header ({exc}); the file is corrupt or not audio") from None
     if info.frames <= 0:
         raise AudioError(f"{_name(path, key)}: file holds no samples (empty audio); remove it from the list")
     return AudioInfo(int(info.samplerate), int(info.frames), int(info.channels))
@@ -104,7 +104,7 @@ def load_audio(path: str | os.PathLike, key: str | None = None, *, sample_rate: 
         else:
             samples, rate = sf.read(os.fsencode(path), dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioError(f"{_name(path, key)}: cannot decode audio ({exc}); the file is corrupt")
+        raise AudioError(f"{_name(path, key)}: cannot decode audio ({exc}); the file is corrupt") from None
     samples = _finish(samples, rate, path, key, sample_rate, allow_resample,
                       min_samples if start == 0 and num_samples is None else 1)
     if info.sample_rate != sample_rate and (start or num_samples is not None):
@@ -118,7 +118,7 @@ def decode_audio(data: bytes, key: str, source: str, *, sample_rate: int = SAMPL
     try:
         samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioError(f"utterance {key!r} in {source}: cannot decode audio ({exc})")
+        raise AudioError(f"utterance {key!r} in {source}: cannot decode audio ({exc})") from None
     return _finish(samples, rate, source, key, sample_rate, allow_resample, min_samples)
 
 

@@ -137,13 +137,13 @@ class ManifestRow:
         fields = line.split("\t")
         if len(fields) != len(MANIFEST_COLUMNS):
             raise DataError(f"{where}: expected {len(MANIFEST_COLUMNS)} tab-separated fields, got {len(fields)}; "
-                            f"the manifest is corrupt: delete the condition directory and rerun stage 2")
+                            f"the manifest is corrupt: delete the condition directory and rerun stage 2") from None
         utt, clean_path, category, snr, keys, offsets, gain, scale, clipped = fields
         try:
             row = cls(utt, clean_path, category, float(snr), tuple(keys.split(",")),
                       tuple(int(o) for o in offsets.split(",")), float(gain), float(scale), int(clipped))
         except ValueError as exc:
-            raise DataError(f"{where}: malformed value ({exc}); delete the condition directory and rerun stage 2")
+            raise DataError(f"{where}: malformed value ({exc}); delete the condition directory and rerun stage 2") from None
         if len(row.noise_keys) != len(row.offsets):
             raise DataError(f"{where}: {len(row.noise_keys)} noise keys but {len(row.offsets)} offsets")
         return row
@@ -231,9 +231,9 @@ def read_condition(directory: str | Path) -> dict:
     except FileNotFoundError:
         raise DataError(f"{path} does not exist; {directory} is not a stage-2 condition directory") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not valid YAML ({exc}); delete the condition directory and rerun stage 2")
+        raise DataError(f"{path} is not valid YAML ({exc}); delete the condition directory and rerun stage 2") from None
     if not isinstance(data, dict) or "noise_bank" not in data:
-        raise DataError(f"{path} lacks 'noise_bank'; delete the condition directory and rerun stage 2")
+        raise DataError(f"{path} lacks 'noise_bank'; delete the condition directory and rerun stage 2") from None
     return data
 
 

@@ -5,6 +5,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Callable, NoReturn, Sequence
 
 from nawsv.utils.errors import NawsvError
@@ -49,6 +50,33 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
+
+
+def job_index(text: str) -> int:
+    """argparse type for --job: 0 .. num_jobs-1, as Slurm array tasks are usually numbered."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a job index >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a job index >= 0, got {value}")
+    return value
+
+
+def add_config_options(parser: argparse.ArgumentParser, config_help: str, example: str) -> None:
+    """``--config`` (the stage YAML) and repeatable ``--override KEY=VALUE``, alike on every stage."""
+    parser.add_argument("--config", type=Path, help=config_help)
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config key, e.g. --override {example} (repeatable)")
+
+
+def add_job_options(parser: argparse.ArgumentParser, shares: str, merge: str | None = None) -> None:
+    """``--job i --num_jobs n`` (a Slurm array's share of the work) and, when given, ``--merge``."""
+    parser.add_argument("--job", type=job_index, default=0, help="this job's index, 0 .. num_jobs-1")
+    parser.add_argument("--num_jobs", type=positive_int, default=1,
+                        help=f"number of jobs sharing the work (e.g. a Slurm array); {shares}")
+    if merge:
+        parser.add_argument("--merge", type=str2bool, default=False, help=merge)
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
