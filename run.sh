@@ -37,6 +37,7 @@ pretrained=             # local Hugging Face WavLM dir (e.g. wavlm-base-plus); e
 skip_warmup=false       # baseline: no stage 3, stage 4 fine-tunes the pre-trained model directly
 warmup_config=warmup.yaml      # stage-3 config: a file name looked up in $conf, then $root/conf; or a path
 finetune_config=finetune.yaml  # stage-4 config (same lookup)
+dev_set=                # optional held-out dev set (with trials/) scored after every training epoch, for monitoring
 device=auto             # auto | cpu | cuda
 nproc=1                 # training processes per node (GPUs); > 1 launches torchrun
 nnodes=1                # nodes for multi-node training (torchrun c10d rendezvous)
@@ -51,7 +52,7 @@ Stages: 1 data preparation, 2 noisy test sets, 3 NAW-SV warm-up, 4 fine-tuning, 
   7 report, 8 export."
 parse_options_names="recipe stage stop_stage data exp conf nj train_set test_sets materialize_noisy noisy_test_sets
   job num_jobs merge pretrained
-  skip_warmup warmup_config finetune_config device nproc nnodes rdzv_endpoint python dry_run $recipe_options"
+  skip_warmup warmup_config finetune_config dev_set device nproc nnodes rdzv_endpoint python dry_run $recipe_options"
 . "$root/tools/parse_options.sh"
 [ $# -eq 0 ] || { echo "run.sh: unexpected argument '$1' (options are --name value)" >&2; exit 1; }
 
@@ -92,8 +93,9 @@ train() {
     run python -m nawsv.bin.train "$@"
   fi
 }
-pretrained_args=()
-[ -z "$pretrained" ] || pretrained_args=(--pretrained "$pretrained")
+train_args=()
+[ -z "$pretrained" ] || train_args=(--pretrained "$pretrained")
+[ -z "$dev_set" ] || train_args+=(--dev_data "$data/$dev_set")
 
 recipe_args=()
 for name in $recipe_options; do recipe_args+=("--$name" "${!name}"); done
@@ -119,7 +121,7 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
   else
     echo "$(date +%T) stage 3: NAW-SV warm-up -> $exp/warmup"
     train warmup --config "$(config "$warmup_config")" --train_data "$data/$train_set" \
-      --musan "$data/musan_train" --exp_dir "$exp/warmup" --device "$device" "${pretrained_args[@]}"
+      --musan "$data/musan_train" --exp_dir "$exp/warmup" --device "$device" "${train_args[@]}"
   fi
 fi
 
@@ -129,7 +131,7 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   [ "$skip_warmup" = false ] || init=none
   train finetune --config "$(config "$finetune_config")" --train_data "$data/$train_set" \
     --musan "$data/musan_train" --rirs "$data/rirs" --init "$init" --exp_dir "$exp/finetune" --device "$device" \
-    "${pretrained_args[@]}"
+    "${train_args[@]}"
 fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then

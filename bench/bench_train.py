@@ -11,7 +11,6 @@ The workload is built here: a synthetic corpus in the VoxCeleb/MUSAN layout, pre
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import time
 from pathlib import Path

@@ -52,7 +52,18 @@ def timer() -> Iterator[dict[str, float]]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process (MB); run memory benchmarks in a fresh process."""
+    """Peak resident memory of this process (MB); run memory benchmarks in a fresh process.
+
+    Linux's ``VmHWM`` is reset by exec; ``ru_maxrss`` is not (it keeps the forking parent's peak), so a fresh
+    subprocess of a large benchmark would report its parent's memory. ``ru_maxrss`` is the fallback elsewhere.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

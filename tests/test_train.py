@@ -134,7 +134,11 @@ def test_baseline_without_warmup(train_data, tiny_configs, tmp_path: Path) -> No
     run_module("nawsv.bin.train", *finetune_args(train_data, tiny_configs["finetune"], exp, "none",
                                                  "--override", "epochs=1", "--override", "frozen_ssl_epochs=1",
                                                  "--override", "large_margin_epochs=0",
-                                                 "--override", "average_last=1"), check=True)
+                                                 "--override", "average_last=1", "--dev_data",
+                                                 str(train_data["test"])), check=True)
+    dev_line = next(line for line in (exp / "train.log").read_text().splitlines() if "dev (test/O)" in line)
+    eer = float(dev_line.split("dev_eer ")[1].split(",")[0])
+    assert 0.0 <= eer <= 100.0                                       # the held-out trials were scored
     state = tensors(exp / "avg_model.pt", "ssl")["state_dict"]
     ups = [v for k, v in state.items() if k.startswith("adapters.") and "up" in k]
     assert ups and all(torch.count_nonzero(v) == 0 for v in ups)   # zero adapters: the plain pre-trained model
@@ -144,12 +148,14 @@ def test_torchrun_two_processes_use_the_global_batch(train_data, tiny_configs, t
     exp = tmp_path / "ddp"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
-           "nawsv.bin.train", *warmup_args(train_data, tiny_configs["warmup"], exp, "--override", "epochs=1")]
+           "nawsv.bin.train", *warmup_args(train_data, tiny_configs["warmup"], exp, "--override", "epochs=1",
+                                           "--dev_data", str(train_data["test"]))]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (exp / "student.pt").exists()
     log = (exp / "train.log").read_text()
     assert "eapn_candidates 4.0000" in log               # each rank holds 2 pairs, E-APN scores against all 4
+    assert "dev (test/O): dev_eer" in log                # rank 0 evaluates while rank 1 waits at the barrier
 
 
 def test_half_cosine_matches_the_spec_table() -> None:

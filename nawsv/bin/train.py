@@ -42,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                                              "(omit for the config's value; null there means random init)")
     parser.add_argument("--init", help="finetune: the warm-up student (exp/.../warmup/student.pt), or 'none' to "
                                        "fine-tune the pre-trained model without warm-up (baseline)")
+    parser.add_argument("--dev_data", type=Path,
+                        help="optional dev set (Kaldi dir with trials/, speakers not in training) scored after every "
+                             "epoch for monitoring (TensorBoard dev/*); never used to pick the model")
+    parser.add_argument("--dev_trials", help="trial list name under <dev_data>/trials/ (default: the first one)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: CUDA when available")
     parser.add_argument("--resume", default="auto",
@@ -99,7 +103,11 @@ def _train(args: argparse.Namespace, cfg, ctx) -> None:
         from nawsv.train.finetune import FinetuneTask
         task = FinetuneTask(cfg, store, augmenter, ctx, None if args.init == "none" else Path(args.init))
     torch.backends.cudnn.benchmark = True
-    Trainer(task, cfg.epochs, cfg.optim, cfg.run, args.exp_dir, ctx).fit(args.resume)
+    dev = None
+    if args.dev_data is not None:                # every rank knows; rank 0 evaluates, the others wait
+        from nawsv.train.dev_eval import DevEvaluator
+        dev = DevEvaluator(args.dev_data, args.dev_trials)
+    Trainer(task, cfg.epochs, cfg.optim, cfg.run, args.exp_dir, ctx, dev=dev).fit(args.resume)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

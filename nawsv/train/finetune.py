@@ -193,6 +193,9 @@ class FinetuneTask:
         return {"margin": self.aam.margin, "crop_seconds": self.crop_samples(epoch) / SAMPLE_RATE,
                 "ssl_frozen": float(epoch < self.cfg.frozen_ssl_epochs)}
 
+    def dev_embed(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.backend(self.ssl(wav))
+
     def finish(self, out_dir: Path, epochs: int) -> None:
         from nawsv.models.speaker import save_speaker_model
 

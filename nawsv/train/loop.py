@@ -21,6 +21,7 @@ from typing import Any, Iterable, Literal, Protocol
 import torch
 
 from nawsv.train import checkpoint as ckpt
+from nawsv.train.dev_eval import DevEvaluator
 from nawsv.train.distributed import DistContext, all_ranks_true, average_gradients, barrier
 from nawsv.train.schedule import learning_rate
 from nawsv.utils.errors import ExperimentError, NawsvError
@@ -99,12 +100,15 @@ class Task(Protocol):
     def finish(self, out_dir: Path, epochs: int) -> None:
         """Write the phase's final artefact (rank 0 only)."""
 
+    def dev_embed(self, wav: torch.Tensor) -> torch.Tensor:
+        """Speaker embeddings of waveforms [B, T] for the dev evaluation (modules already in eval mode)."""
+
 
 class Trainer:
     """Runs a task for ``epochs`` epochs in ``out_dir`` (checkpoints under ``out_dir/checkpoints``)."""
 
     def __init__(self, task: Task, epochs: int, optim: OptimConfig, run: RunConfig, out_dir: str | Path,
-                 ctx: DistContext) -> None:
+                 ctx: DistContext, dev: DevEvaluator | None = None) -> None:
         self.task = task
         self.epochs = epochs
         self.optim_cfg = optim
@@ -112,6 +116,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.ctx = ctx
+        self.dev = dev
         self.parameters = [p for m in task.modules().values() for p in m.parameters()]
         self.optimizer = self._new_optimizer()
         self.nonfinite_total = 0
@@ -233,6 +238,7 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 self._run_epoch(epoch, start_step, lr, progress_bar)
+                self._evaluate(epoch)
                 start_step = 0
                 self._save(ckpt.epoch_checkpoint_name(epoch + 1), epoch + 1, 0)
             if self.ctx.is_main:
@@ -241,6 +247,26 @@ class Trainer:
         finally:
             if self.writer is not None:
                 self.writer.close()
+
+    def _evaluate(self, epoch: int) -> None:
+        """Score the dev trials on rank 0 (monitoring only); modules return to their training modes after."""
+        if self.dev is None:
+            return
+        if self.ctx.is_main:
+            modules = self.task.modules().values()
+            modes = [m.training for m in modules]
+            for module in modules:
+                module.eval()
+            try:
+                with self._autocast():
+                    values = self.dev(self.task.dev_embed, self.ctx.device)
+            finally:
+                for module, mode in zip(modules, modes):
+                    module.train(mode)
+            self._log_scalars({f"dev/{k}": v for k, v in values.items()}, epoch + 1)
+            log.info("epoch %d/%d dev (%s): %s", epoch + 1, self.epochs, self.dev.name,
+                     ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        barrier()
 
     def _run_epoch(self, epoch: int, start_step: int, lr: float, progress_bar) -> None:
         steps = self.task.steps_in_epoch(epoch)

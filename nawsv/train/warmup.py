@@ -167,6 +167,9 @@ class WarmupTask:
     def epoch_scalars(self, epoch: int) -> dict[str, float]:
         return {"whole_student": float(epoch >= self.cfg.adapter_only_epochs)}
 
+    def dev_embed(self, wav: torch.Tensor) -> torch.Tensor:
+        return self.head(self.student(wav))
+
     def finish(self, out_dir: Path, epochs: int) -> None:
         from nawsv.models.ssl import save_encoder
 
