@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -30,6 +33,30 @@ def run_module(module: str, *args: str, cwd: Path | None = None, check: bool = F
     if check and proc.returncode != 0:
         raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def kill_when(module: str, argv: list, ready: Callable[[], bool], extra_delay: float = 0.0, timeout: float = 240,
+              env: dict | None = None) -> None:
+    """Start ``python -m module argv`` and SIGKILL it once ``ready()`` holds (plus ``extra_delay`` seconds).
+
+    The stage must still be running at the kill, so every kill test really interrupts work.
+    """
+    env = env or dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", module, *map(str, argv)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"{module} ended before the kill point:\n{proc.stderr.read()[-3000:]}")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"{module}: kill point not reached in {timeout} s")
+        time.sleep(0.005)
+    time.sleep(extra_delay)
+    if proc.poll() is not None:
+        raise AssertionError(f"{module} ended before the kill:\n{proc.stderr.read()[-3000:]}")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
 
 
 TRAIN_SPEC = MiniCorpusSpec(seed=11, dev_speakers=6, test_speakers=3, dev_utts_per_speaker=4, test_utts_per_speaker=3,

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import torch
 
 from nawsv.train import checkpoint as ckpt
 from nawsv.train.schedule import learning_rate
-from tests.conftest import ROOT, run_module
+from tests.conftest import ROOT, kill_when, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -41,29 +39,13 @@ def assert_same_state(a: dict, b: dict) -> None:
             assert torch.equal(a[name], b[name]), name
 
 
-def kill_when(args: list[str], marker: Path, timeout: float = 240) -> None:
-    """Start training, SIGKILL it as soon as ``marker`` exists (it must not have finished by then)."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "nawsv.bin.train", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + timeout
-    while not marker.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended before {marker.name} appeared:\n{proc.stderr.read().decode()}")
-        if time.time() > deadline:
-            proc.kill()
-            raise AssertionError(f"{marker} did not appear in {timeout} s")
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-
-
 @pytest.mark.parametrize("marker", ["epoch_1.json", "step_1_1.json"])
 def test_killed_warmup_resumes_bit_identical(train_data, tiny_configs, tmp_path: Path, marker: str) -> None:
     full, killed = tmp_path / "full", tmp_path / "killed"
     extra = ["--override", "epochs=3", "--override", "run.checkpoint_every_steps=1"]
     run_module("nawsv.bin.train", *warmup_args(train_data, tiny_configs["warmup"], full, *extra), check=True)
-    kill_when(warmup_args(train_data, tiny_configs["warmup"], killed, *extra), killed / "checkpoints" / marker)
+    kill_when("nawsv.bin.train", warmup_args(train_data, tiny_configs["warmup"], killed, *extra),
+              (killed / "checkpoints" / marker).exists)
     assert not (killed / "student.pt").exists()
     proc = run_module("nawsv.bin.train", *warmup_args(train_data, tiny_configs["warmup"], killed, *extra), check=True)
     assert "resumed from" in proc.stderr

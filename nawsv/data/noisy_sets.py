@@ -233,7 +233,7 @@ def read_condition(directory: str | Path) -> dict:
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise DataError(f"{path} is not valid YAML ({exc}); delete the condition directory and rerun stage 2") from None
     if not isinstance(data, dict) or "noise_bank" not in data:
-        raise DataError(f"{path} lacks 'noise_bank'; delete the condition directory and rerun stage 2") from None
+        raise DataError(f"{path} lacks 'noise_bank'; delete the condition directory and rerun stage 2")
     return data
 
 

@@ -25,6 +25,7 @@ from nawsv.data.kaldi import write_trials
 from nawsv.scoring.synthetic import (corrupted, random_trials, speaker_structured_set, write_embedding_set,
                                      write_utt2spk)
 from nawsv.train import checkpoint as ckpt
+from tests import conftest
 from tests.conftest import ROOT
 from tests.faults.conftest import cli, extract_args, noisy_args
 from tests.test_extract import write_data_dir
@@ -44,23 +45,9 @@ def run(module: str, argv: list) -> str:
     return proc.stderr
 
 
-def kill_when(module: str, argv: list, ready: Callable[[], bool], extra_delay: float = 0.0,
-              timeout: float = 120) -> None:
-    """Start the stage and SIGKILL it once ``ready()`` holds (plus ``extra_delay``); it must not finish first."""
-    proc = start(module, argv)
-    deadline = time.time() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            raise AssertionError(f"{module} ended before the kill point:\n{proc.stderr.read()[-3000:]}")
-        if time.time() > deadline:
-            proc.kill()
-            raise AssertionError(f"{module}: kill point not reached in {timeout} s")
-        time.sleep(0.005)
-    time.sleep(extra_delay)
-    if proc.poll() is not None:
-        raise AssertionError(f"{module} ended before the kill:\n{proc.stderr.read()[-3000:]}")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+def kill_when(module: str, argv: list, ready: Callable[[], bool], extra_delay: float = 0.0) -> None:
+    """Kill the stage (one thread, like every run here) once ``ready()`` holds."""
+    conftest.kill_when(module, argv, ready, extra_delay, timeout=120, env=ENV)
 
 
 def visible_files(root: Path) -> dict[str, bytes]:
