@@ -21,6 +21,19 @@ def test_read_segment_and_whole(tmp_path: Path) -> None:
     assert audio_info(tmp_path / "a.wav").duration == 1.0
 
 
+def test_segments_equal_slices_of_the_whole_read(tmp_path: Path) -> None:
+    """Windows at the start, middle and past the end, for native, resampled and stereo files."""
+    x = tone()
+    write_audio(tmp_path / "a.wav", x, subtype="FLOAT")
+    sf.write(tmp_path / "r.wav", tone(8000, 8000), 8000, subtype="FLOAT")
+    sf.write(tmp_path / "s.wav", np.stack([x, -0.5 * x], axis=1), 16000, subtype="FLOAT")
+    for name in ["a.wav", "r.wav", "s.wav"]:
+        whole = load_audio(tmp_path / name)
+        for start, count in [(0, 10), (15990, 10), (15995, 50), (7000, 1000)]:
+            np.testing.assert_array_equal(load_audio(tmp_path / name, start=start, num_samples=count),
+                                          whole[start:start + count], err_msg=f"{name} [{start}, +{count})")
+
+
 def test_missing_file_names_key(tmp_path: Path) -> None:
     with pytest.raises(AudioError, match=r"utterance 'spk/v/1.wav' \(.*nope.wav\): file does not exist"):
         load_audio(tmp_path / "nope.wav", key="spk/v/1.wav")

@@ -95,19 +95,32 @@ def _finish(samples: np.ndarray, rate: int, path: str | os.PathLike, key: str | 
 def load_audio(path: str | os.PathLike, key: str | None = None, *, sample_rate: int = SAMPLE_RATE,
                allow_resample: bool = True, start: int = 0, num_samples: int | None = None,
                min_samples: int = 1) -> np.ndarray:
-    """Read ``num_samples`` (all when None) from ``start`` (in target-rate samples) as mono float32."""
-    info = audio_info(path, key)
+    """Read ``num_samples`` (all when None) from ``start`` (in target-rate samples) as mono float32.
+
+    The file is opened once (header checks and the read share the handle): training loaders call this
+    for every crop, so a second open per crop would be a measurable share of their time.
+    """
+    if not os.path.isfile(path):
+        raise AudioError(f"{_name(path, key)}: file does not exist; fix the path in wav.scp or rerun stage 1")
     try:
-        if info.sample_rate == sample_rate:
-            stop = None if num_samples is None else start + num_samples
-            samples, rate = sf.read(os.fsencode(path), start=start, stop=stop, dtype="float32", always_2d=False)
-        else:
-            samples, rate = sf.read(os.fsencode(path), dtype="float32", always_2d=False)
+        handle = sf.SoundFile(os.fsencode(path))     # bytes: names that are not UTF-8 open too
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioError(f"{_name(path, key)}: cannot decode audio ({exc}); the file is corrupt") from None
+        raise AudioError(f"{_name(path, key)}: cannot read audio header ({exc}); the file is corrupt or not audio") from None
+    with handle:
+        rate = int(handle.samplerate)
+        if handle.frames <= 0:
+            raise AudioError(f"{_name(path, key)}: file holds no samples (empty audio); remove it from the list")
+        native = rate == sample_rate
+        try:
+            if native and start:
+                handle.seek(min(start, handle.frames))
+            count = num_samples if native and num_samples is not None else -1
+            samples = handle.read(frames=count, dtype="float32", always_2d=False)
+        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+            raise AudioError(f"{_name(path, key)}: cannot decode audio ({exc}); the file is corrupt") from None
     samples = _finish(samples, rate, path, key, sample_rate, allow_resample,
                       min_samples if start == 0 and num_samples is None else 1)
-    if info.sample_rate != sample_rate and (start or num_samples is not None):
+    if not native and (start or num_samples is not None):
         samples = samples[start:None if num_samples is None else start + num_samples]
     return samples
 

@@ -35,6 +35,7 @@ class UtteranceStore:
         self.source = source
         self._paths = paths
         self._members = members
+        self._lengths: dict[int, int] = {}
         self.speaker_ids = sorted(set(speakers))
         index = {spk: i for i, spk in enumerate(self.speaker_ids)}
         self.labels = np.array([index[s] for s in speakers], dtype=np.int64)
@@ -81,12 +82,17 @@ class UtteranceStore:
         return len(self.keys)
 
     def num_samples(self, index: int) -> int:
-        """Length in samples at 16 kHz (header read; whole decode for shards)."""
-        key = self.keys[index]
-        if self._paths is not None:
-            info = audio_info(self._paths[key], key)
-            return int(info.frames * SAMPLE_RATE / info.sample_rate)
-        return len(self.read(index))
+        """Length in samples at 16 kHz (header read; whole decode for shards), remembered per utterance."""
+        length = self._lengths.get(index)
+        if length is None:
+            key = self.keys[index]
+            if self._paths is not None:
+                info = audio_info(self._paths[key], key)
+                length = int(info.frames * SAMPLE_RATE / info.sample_rate)
+            else:
+                length = len(self.read(index))
+            self._lengths[index] = length
+        return length
 
     def read(self, index: int) -> np.ndarray:
         """The whole utterance."""
