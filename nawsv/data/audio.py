@@ -41,17 +41,24 @@ def _name(path: str | os.PathLike, key: str | None) -> str:
     return f"utterance {key!r} ({path})" if key else str(path)
 
 
-def audio_info(path: str | os.PathLike, key: str | None = None) -> AudioInfo:
-    """Read the header; raise AudioError for missing, unreadable or empty files."""
+def _open_checked(path: str | os.PathLike, key: str | None) -> sf.SoundFile:
+    """Open an audio file for reading; raise AudioError for missing, unreadable or empty files."""
     if not os.path.isfile(path):
         raise AudioError(f"{_name(path, key)}: file does not exist; fix the path in wav.scp or rerun stage 1")
     try:
-        info = sf.info(os.fsencode(path))     # bytes: names that are not UTF-8 open too
+        handle = sf.SoundFile(os.fsencode(path))     # bytes: names that are not UTF-8 open too
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
         raise AudioError(f"{_name(path, key)}: cannot read audio header ({exc}); the file is corrupt or not audio") from None
-    if info.frames <= 0:
+    if handle.frames <= 0:
+        handle.close()
         raise AudioError(f"{_name(path, key)}: file holds no samples (empty audio); remove it from the list")
-    return AudioInfo(int(info.samplerate), int(info.frames), int(info.channels))
+    return handle
+
+
+def audio_info(path: str | os.PathLike, key: str | None = None) -> AudioInfo:
+    """Read the header; raise AudioError for missing, unreadable or empty files."""
+    with _open_checked(path, key) as handle:
+        return AudioInfo(int(handle.samplerate), int(handle.frames), int(handle.channels))
 
 
 def _to_mono(samples: np.ndarray, source: str) -> np.ndarray:
@@ -100,16 +107,8 @@ def load_audio(path: str | os.PathLike, key: str | None = None, *, sample_rate: 
     The file is opened once (header checks and the read share the handle): training loaders call this
     for every crop, so a second open per crop would be a measurable share of their time.
     """
-    if not os.path.isfile(path):
-        raise AudioError(f"{_name(path, key)}: file does not exist; fix the path in wav.scp or rerun stage 1")
-    try:
-        handle = sf.SoundFile(os.fsencode(path))     # bytes: names that are not UTF-8 open too
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioError(f"{_name(path, key)}: cannot read audio header ({exc}); the file is corrupt or not audio") from None
-    with handle:
+    with _open_checked(path, key) as handle:
         rate = int(handle.samplerate)
-        if handle.frames <= 0:
-            raise AudioError(f"{_name(path, key)}: file holds no samples (empty audio); remove it from the list")
         native = rate == sample_rate
         try:
             if native and start:
