@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,7 @@ from nawsv.extract.config import ExtractConfig, SegmentOptions
 from nawsv.models.speaker import load_speaker_model
 from nawsv.utils.cli import run_main
 from nawsv.utils.errors import ConfigError
+from tests.conftest import ROOT
 from tests.test_extract import one_thread, write_tiny_model  # noqa: F401 (autouse fixture)
 
 HAVE_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
@@ -105,3 +109,17 @@ def test_command_line(model_file: Path, tmp_path: Path) -> None:
     assert export_main(["--model", str(model_file), "--out_dir", str(out), "--override", "segments.num=3"]) == 0
     assert yaml.safe_load((out / "config.yaml").read_text())["protocol"]["segments"]["num"] == 3
     assert run_main(export_main, ["--model", str(tmp_path / "missing.pt"), "--out_dir", str(out)]) == 2
+
+
+def test_tracing_logs_no_transformers_loss_warning(model_file: Path, tmp_path: Path) -> None:
+    """Tracing touches WavLM's language-model ``loss_function`` property, whose warning must not reach logs.
+
+    transformers prints it once per process, so the trace runs in a fresh one.
+    """
+    code = ("import sys, torch; from nawsv.export.torchscript import trace_model; "
+            "from nawsv.models.speaker import load_speaker_model; "
+            "trace_model(load_speaker_model(sys.argv[1]), torch.zeros(1, 16000)); print('traced')")
+    proc = subprocess.run([sys.executable, "-c", code, str(model_file)], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=300)
+    assert proc.returncode == 0 and "traced" in proc.stdout, proc.stderr[-2000:]
+    assert "loss_type" not in proc.stderr, proc.stderr[-2000:]
