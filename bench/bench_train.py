@@ -88,7 +88,8 @@ def run(args: argparse.Namespace) -> list[Figure]:
                                 ["data.speakers_per_batch=2", "data.num_workers=0"])
         base_fine = load_config(FinetuneConfig, ROOT / "conf/finetune.yaml",
                                 ["data.batch_size=4", "data.num_workers=0"])
-        cases = [("mini", mini_warm, mini_fine, steps), ("Base+ (random init)", base_warm, base_fine, max(1, steps // 2))]
+        cases = [("mini", mini_warm, mini_fine, steps),
+                 ("Base+ (random init)", base_warm, base_fine, max(1, steps // 2))]
         for label, warm_cfg, fine_cfg, n in cases:
             torch.manual_seed(0)
             warm = WarmupTask(warm_cfg, store, Augmenter(warm_cfg.augment, musan, None), ctx)

@@ -44,6 +44,7 @@ def test_prune_keeps_newest(tmp_path: Path) -> None:
 
 
 def test_average() -> None:
-    states = [{"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}, {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(5)}]
+    states = [{"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)},
+              {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(5)}]
     avg = ckpt.average_state_dicts(states)
     assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and avg["n"].item() == 5

@@ -27,7 +27,8 @@ def test_warmup_head_matches_a_hand_computation():
     with torch.no_grad():
         out = head(states)
     for b in range(2):
-        summed = [[sum(weights[layer].item() * states[b, layer, t, h].item() for layer in range(layers)) for h in range(hidden)]
+        summed = [[sum(weights[layer].item() * states[b, layer, t, h].item() for layer in range(layers))
+                   for h in range(hidden)]
                   for t in range(frames)]
         means = [sum(summed[t][h] for t in range(frames)) / frames for h in range(hidden)]
         stds = [math.sqrt(sum((summed[t][h] - means[h]) ** 2 for t in range(frames)) / (frames - 1))

@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(parser, "stage YAML (conf/warmup.yaml or conf/finetune.yaml)", "optim.lr=1e-4")
     parser.add_argument("--train_data", type=Path, required=True,
                         help="training data dir from stage 1 (raw.list or shard.list, see data.list_type)")
-    parser.add_argument("--musan", type=Path, help="noise bank for augmentation: the MUSAN train half (data/musan_train)")
+    parser.add_argument("--musan", type=Path,
+                        help="noise bank for augmentation: the MUSAN train half (data/musan_train)")
     parser.add_argument("--rirs", type=Path, help="RIR bank for augmentation (data/rirs); fine-tuning uses it")
     parser.add_argument("--exp_dir", type=Path, required=True, help="output dir, e.g. exp/nawsv/warmup")
     parser.add_argument("--pretrained", help="local Hugging Face WavLM dir; overrides ssl.pretrained "

@@ -48,7 +48,8 @@ def _open_checked(path: str | os.PathLike, key: str | None) -> sf.SoundFile:
     try:
         handle = sf.SoundFile(os.fsencode(path))     # bytes: names that are not UTF-8 open too
     except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise AudioError(f"{_name(path, key)}: cannot read audio header ({exc}); the file is corrupt or not audio") from None
+        raise AudioError(f"{_name(path, key)}: cannot read audio header ({exc}); the file is corrupt or not "
+                         f"audio") from None
     if handle.frames <= 0:
         handle.close()
         raise AudioError(f"{_name(path, key)}: file holds no samples (empty audio); remove it from the list")

@@ -50,6 +50,7 @@ from nawsv.utils.atomic import atomic_open, atomic_write_bytes, atomic_write_tex
 from nawsv.utils.errors import AudioError, ConfigError, DataError, ExperimentError
 from nawsv.utils.lock import directory_lock
 from nawsv.utils.progress import progress
+from nawsv.utils.records import read_record
 from nawsv.utils.seeding import rng_for
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,8 @@ class ManifestRow:
             row = cls(utt, clean_path, category, float(snr), tuple(keys.split(",")),
                       tuple(int(o) for o in offsets.split(",")), float(gain), float(scale), int(clipped))
         except ValueError as exc:
-            raise DataError(f"{where}: malformed value ({exc}); delete the condition directory and rerun stage 2") from None
+            raise DataError(f"{where}: malformed value ({exc}); delete the condition directory and rerun "
+                            f"stage 2") from None
         if len(row.noise_keys) != len(row.offsets):
             raise DataError(f"{where}: {len(row.noise_keys)} noise keys but {len(row.offsets)} offsets")
         return row
@@ -226,14 +228,10 @@ def audio_name(utt: str, audio_format: str) -> str:
 def read_condition(directory: str | Path) -> dict:
     """The ``condition.yaml`` of a stage-2 directory."""
     path = Path(directory) / CONDITION_NAME
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist; {directory} is not a stage-2 condition directory") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not valid YAML ({exc}); delete the condition directory and rerun stage 2") from None
-    if not isinstance(data, dict) or "noise_bank" not in data:
-        raise DataError(f"{path} lacks 'noise_bank'; delete the condition directory and rerun stage 2")
+    data = read_record(path, "a stage-2 condition record (it lacks 'noise_bank')",
+                       "delete the condition directory and rerun stage 2", lambda d: "noise_bank" in d)
+    if data is None:
+        raise DataError(f"{path} does not exist; {directory} is not a stage-2 condition directory")
     return data
 
 

@@ -31,6 +31,7 @@ from nawsv.extract.stamp import file_sha256
 from nawsv.utils.atomic import atomic_directory, atomic_write_text
 from nawsv.utils.errors import ConfigError, DataError, ExperimentError
 from nawsv.utils.lock import sibling_lock
+from nawsv.utils.records import read_record
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +74,10 @@ def check_export(name: str, eager: Callable[[torch.Tensor], torch.Tensor],
 def read_export_config(directory: str | Path) -> dict[str, Any]:
     """The ``config.yaml`` of an export dir, validated."""
     path = Path(directory) / CONFIG_NAME
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path} does not exist; {directory} is not an export dir (run stage 8)") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not valid YAML ({exc}); rerun stage 8 (export)") from None
-    if not isinstance(data, dict) or data.get("format") != EXPORT_FORMAT:
-        raise DataError(f"{path} is not a nawsv export config (format {EXPORT_FORMAT!r}); rerun stage 8")
+    data = read_record(path, f"a nawsv export config (format {EXPORT_FORMAT!r})", "rerun stage 8 (export)",
+                       lambda d: d.get("format") == EXPORT_FORMAT)
+    if data is None:
+        raise DataError(f"{path} does not exist; {directory} is not an export dir (run stage 8)")
     return data
 
 

@@ -16,7 +16,8 @@ import yaml
 
 from nawsv import __version__
 from nawsv.utils.atomic import atomic_write_text
-from nawsv.utils.errors import DataError, ExperimentError
+from nawsv.utils.errors import ExperimentError
+from nawsv.utils.records import read_record
 
 STAMP_NAME = "extract_stamp.yaml"
 STAMP_FORMAT = "nawsv.extract_stamp.v1"
@@ -47,16 +48,8 @@ def fingerprint(stamp: dict[str, Any]) -> str:
 
 
 def read_stamp(out_dir: Path) -> dict[str, Any] | None:
-    path = out_dir / STAMP_NAME
-    if not path.is_file():
-        return None
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path} is not valid YAML ({exc}); delete {out_dir} and rerun the extraction") from None
-    if not isinstance(data, dict) or data.get("format") != STAMP_FORMAT or any(k not in data for k in DEFINING):
-        raise DataError(f"{path} is not a nawsv extraction stamp; delete {out_dir} and rerun the extraction")
-    return data
+    return read_record(out_dir / STAMP_NAME, "a nawsv extraction stamp", f"delete {out_dir} and rerun the extraction",
+                       lambda d: d.get("format") == STAMP_FORMAT and all(k in d for k in DEFINING))
 
 
 def claim(out_dir: Path, stamp: dict[str, Any], outputs: list[Path]) -> None:

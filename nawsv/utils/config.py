@@ -17,6 +17,7 @@ import yaml
 
 from nawsv.utils.atomic import atomic_write_text
 from nawsv.utils.errors import ConfigError, ExperimentError
+from nawsv.utils.records import yaml_problem
 
 T = TypeVar("T")
 
@@ -183,10 +184,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+        raise ConfigError(f"config file {path} is not valid YAML ({yaml_problem(exc)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
