@@ -76,7 +76,7 @@ def _naive_asnorm_max_diff(workload: Path, cohort_dir: Path, scores: np.ndarray,
     cohort = read_vector_scp(cohort_dir / "xvector.scp")
     utt2spk = read_table(cohort_dir / "utt2spk")
     speakers: dict[str, list[np.ndarray]] = {}
-    for key, vector in zip(cohort.keys, cohort.vectors.astype(np.float64)):
+    for key, vector in zip(cohort.keys, cohort.vectors.astype(np.float64), strict=True):
         speakers.setdefault(utt2spk[key], []).append(vector / np.linalg.norm(vector))
     means = np.stack([np.mean(v, axis=0) for v in speakers.values()])
     means /= np.linalg.norm(means, axis=1, keepdims=True)

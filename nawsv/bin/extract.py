@@ -83,7 +83,7 @@ def set_pairs(args: argparse.Namespace) -> list[tuple[Path, Path]]:
     if not args.data_dir or len(args.data_dir) != len(args.out_dir):
         raise ConfigError(f"give one --out_dir per --data_dir (got {len(args.data_dir)} and {len(args.out_dir)}), "
                           f"or use --sets with --data_root and --emb_root")
-    return list(zip(args.data_dir, args.out_dir))
+    return list(zip(args.data_dir, args.out_dir, strict=True))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -97,7 +97,7 @@ def draw_noise(bank: NoiseBank, category: str, num_samples: int, rng: np.random.
                         f"exist; lower babble_talkers or use a larger bank")
     for _ in range(MAX_REDRAWS):
         chosen = tuple(keys[i] for i in rng.choice(len(keys), size=count, replace=False))
-        windows, offsets = zip(*(bank.read_window(key, num_samples, rng) for key in chosen))
+        windows, offsets = zip(*(bank.read_window(key, num_samples, rng) for key in chosen), strict=True)
         samples = average_windows(windows)
         if signal_power(samples) > 0.0:
             return NoiseDraw(chosen, tuple(offsets), samples)
@@ -107,7 +107,7 @@ def draw_noise(bank: NoiseBank, category: str, num_samples: int, rng: np.random.
 
 def replay_noise(bank: NoiseBank, keys: Sequence[str], offsets: Sequence[int], num_samples: int) -> np.ndarray:
     """The samples of a recorded :class:`NoiseDraw`, bit for bit."""
-    return average_windows([bank.read_at(key, num_samples, offset) for key, offset in zip(keys, offsets)])
+    return average_windows([bank.read_at(key, num_samples, offset) for key, offset in zip(keys, offsets, strict=True)])
 
 
 def talker_range(bank: NoiseBank, talkers: tuple[int, int]) -> tuple[int, int]:

@@ -286,7 +286,7 @@ def prepare_speaker_set(wav_root: str | Path | Sequence[str | Path], out_dir: st
              sum(utt2dur.values()) / 3600, f", {len(trial_lists)} trial list(s)" if trial_lists else "")
     if expect is not None:
         check_known_size(expect, data, [(name, path, len(converted))
-                                        for (name, path), (_, converted) in zip(trials, trial_lists)])
+                                        for (name, path), (_, converted) in zip(trials, trial_lists, strict=True)])
     return data
 
 

@@ -141,7 +141,7 @@ def synthesize_utterance(voice: Voice, session: Session, duration: float, rng: n
         vowel = rng.integers(len(VOWELS))
         segment = source[position:end] + voice.breath * aspiration[position:end]
         formants = VOWELS[vowel] * voice.vtl * np.array(voice.vowel_shift[vowel])
-        for freq, bandwidth in zip(formants, FORMANT_BANDWIDTHS * voice.vtl):
+        for freq, bandwidth in zip(formants, FORMANT_BANDWIDTHS * voice.vtl, strict=True):
             b, a = _resonator(freq, bandwidth)
             segment = signal.lfilter(b, a, segment)
         segment = segment / (np.std(segment) + 1e-9) * rng.uniform(0.6, 1.0)

@@ -110,7 +110,8 @@ def final_complete(out_dir: Path, kind: str, keys: Sequence[str]) -> bool:
         return False
     log.warning("%s points into another %s (the directory was moved?); rewriting it to point at %s", scp,
                 ark.name, target)
-    atomic_write_text(scp, "".join(f"{key} {target}:{offset}\n" for (key, _), (_, _, offset) in zip(pairs, located)))
+    atomic_write_text(scp, "".join(f"{key} {target}:{offset}\n"
+                                   for (key, _), (_, _, offset) in zip(pairs, located, strict=True)))
     return True
 
 
@@ -152,7 +153,7 @@ def _embed_chunk(embedder: Embedder, cfg: ExtractConfig, plan: _SetPlan, chunk: 
             values = embedder.whole(samples, cfg.whole.max_samples, cfg.whole.batch_size)
         else:
             values = embedder.segments(samples, cfg.segments.samples, cfg.segments.num, cfg.segments.batch_size)
-        write_ark(plan.part(chunk, kind), zip(keys, values))
+        write_ark(plan.part(chunk, kind), zip(keys, values, strict=True))
 
 
 def _run_chunks(model: SpeakerModelFile, cfg: ExtractConfig, plan: _SetPlan, todo: list[int],

@@ -41,7 +41,7 @@ def attach_adapters(encoder_layers: nn.ModuleList, hidden_size: int, bottleneck:
                     zero_init_up: bool = False) -> nn.ModuleList:
     """One adapter per encoder layer, hooked onto its ``feed_forward``; the caller registers the returned list."""
     adapters = nn.ModuleList(BottleneckAdapter(hidden_size, bottleneck, zero_init_up) for _ in encoder_layers)
-    for layer, adapter in zip(encoder_layers, adapters):
+    for layer, adapter in zip(encoder_layers, adapters, strict=True):
         layer.feed_forward.register_forward_hook(adapter.add_to_output)
     return adapters
 

@@ -43,7 +43,7 @@ RECEPTIVE_FIELD = 400         # samples seen by the first frame
 def num_frames(num_samples: int) -> int:
     """Frames the WavLM CNN produces for ``num_samples`` samples (149 for 3 s, 299 for 6 s)."""
     frames = num_samples
-    for kernel, stride in zip(_CONV_KERNEL, _CONV_STRIDE):
+    for kernel, stride in zip(_CONV_KERNEL, _CONV_STRIDE, strict=True):
         frames = (frames - kernel) // stride + 1
     return max(frames, 0)
 

@@ -60,7 +60,7 @@ class Res2NetSEBlock(nn.Module):
         groups = torch.chunk(self.expand(x), self.scale, dim=1)
         outputs = []
         running = None
-        for group, conv in zip(groups, self.group_convs):
+        for group, conv in zip(groups[:-1], self.group_convs, strict=True):   # the last group passes through
             running = conv(group if running is None else running + group)
             outputs.append(running)
         outputs.append(groups[-1])

@@ -39,7 +39,7 @@ def _cells(noise: tuple[float, ...], music: tuple[float, ...],
            babble: tuple[float, ...]) -> dict[tuple[str, int], float]:
     return {(category, snr): value
             for category, values in (("noise", noise), ("music", music), ("babble", babble))
-            for snr, value in zip(PAPER_SNRS, values)}
+            for snr, value in zip(PAPER_SNRS, values, strict=True)}
 
 
 VOX1_EP23 = PaperRun(

@@ -36,9 +36,9 @@ def plot_eer_vs_snr(path: str | Path, panels: Sequence[tuple[str, dict[str, list
     """One panel per trial list: a line per category over SNR, and the clean EER as a dashed line."""
     plt = _pyplot()
     figure, axes = plt.subplots(1, len(panels), figsize=(5.0 * len(panels), 3.8), squeeze=False)
-    for axis, (title, lines, clean) in zip(axes[0], panels):
+    for axis, (title, lines, clean) in zip(axes[0], panels, strict=True):
         for category, points in lines.items():
-            snrs, values = zip(*sorted(points))
+            snrs, values = zip(*sorted(points), strict=True)
             axis.plot(snrs, values, marker="o", label=category)
         if clean is not None:
             axis.axhline(clean, color="black", linestyle="--", linewidth=1, label="clean")

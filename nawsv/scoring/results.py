@@ -89,7 +89,7 @@ def read_results_tsv(path: str | Path) -> list[ResultRow]:
                 category=None if fields[3] == MISSING else fields[3],
                 snr=None if fields[4] == MISSING else int(fields[4]), method=fields[5],
                 num_trials=int(fields[6]), eer=float(fields[7]) / 100.0,
-                min_dcf={p: float(v) for p, v in zip(p_targets, fields[len(BASE_COLUMNS):])}))
+                min_dcf={p: float(v) for p, v in zip(p_targets, fields[len(BASE_COLUMNS):], strict=True)}))
         except ValueError as exc:
             raise DataError(f"{path}:{number}: malformed number ({exc}); rerun stage 6") from None
     return rows

@@ -24,9 +24,10 @@ def write_scores(path: str | Path, trials: Sequence[Trial], scores: np.ndarray) 
     values = np.asarray(scores, dtype=np.float32).tolist()
     with atomic_open(path) as handle:
         if trials and trials[0].target is None:
-            handle.writelines(f"{t.enrol} {t.test} {s:.9g}\n" for t, s in zip(trials, values))
+            handle.writelines(f"{t.enrol} {t.test} {s:.9g}\n" for t, s in zip(trials, values, strict=True))
         else:
-            handle.writelines(f"{t.enrol} {t.test} {s:.9g} {_LABEL[t.target]}\n" for t, s in zip(trials, values))
+            handle.writelines(f"{t.enrol} {t.test} {s:.9g} {_LABEL[t.target]}\n"
+                              for t, s in zip(trials, values, strict=True))
 
 
 def read_scores(path: str | Path) -> tuple[list[tuple[str, str]], np.ndarray, np.ndarray | None]:

@@ -69,7 +69,8 @@ def random_trials(rng: np.random.Generator, data: SyntheticSet, utts_per_speaker
     num_speakers = len(data.keys) // utts_per_speaker
     enrol, test, target = random_trial_indices(rng, num_speakers, utts_per_speaker, num_trials, target_fraction)
     keys = data.keys
-    return [Trial(keys[e], keys[t], bool(y)) for e, t, y in zip(enrol.tolist(), test.tolist(), target.tolist())]
+    return [Trial(keys[e], keys[t], bool(y))
+            for e, t, y in zip(enrol.tolist(), test.tolist(), target.tolist(), strict=True)]
 
 
 def write_embedding_set(set_dir: str | Path, data: SyntheticSet) -> None:
@@ -79,13 +80,13 @@ def write_embedding_set(set_dir: str | Path, data: SyntheticSet) -> None:
     set_dir = Path(set_dir)
     set_dir.mkdir(parents=True, exist_ok=True)
     with kaldiio.WriteHelper(f"ark,scp:{set_dir / 'xvector.ark'},{set_dir / 'xvector.scp'}") as writer:
-        for key, vector in zip(data.keys, data.vectors):
+        for key, vector in zip(data.keys, data.vectors, strict=True):
             writer(key, vector)
     if data.segments is not None:
         with kaldiio.WriteHelper(f"ark,scp:{set_dir / 'xvector_seg.ark'},{set_dir / 'xvector_seg.scp'}") as writer:
-            for key, matrix in zip(data.keys, data.segments):
+            for key, matrix in zip(data.keys, data.segments, strict=True):
                 writer(key, matrix)
 
 
 def write_utt2spk(data_dir: str | Path, data: SyntheticSet) -> None:
-    write_table(Path(data_dir) / "utt2spk", dict(zip(data.keys, data.speakers)))
+    write_table(Path(data_dir) / "utt2spk", dict(zip(data.keys, data.speakers, strict=True)))

@@ -261,7 +261,7 @@ class Trainer:
                 with self._autocast():
                     values = self.dev(self.task.dev_embed, self.ctx.device)
             finally:
-                for module, mode in zip(modules, modes):
+                for module, mode in zip(modules, modes, strict=True):
                     module.train(mode)
             self._log_scalars({f"dev/{k}": v for k, v in values.items()}, epoch + 1)
             log.info("epoch %d/%d dev (%s): %s", epoch + 1, self.epochs, self.dev.name,

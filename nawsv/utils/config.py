@@ -63,7 +63,7 @@ def _check_value(value: Any, annotation: Any, key: str, source: str, base: Any =
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise bad
-            items = [_check_value(v, a, key, source) for v, a in zip(value, args)]
+            items = [_check_value(v, a, key, source) for v, a in zip(value, args, strict=True)]
         else:
             item_type = args[0] if args else Any
             items = [_check_value(v, item_type, key, source) for v in value]

@@ -48,7 +48,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
         padded[: tensor.shape[0]] = tensor
         pieces = [torch.empty_like(padded) for _ in sizes]
         dist.all_gather(pieces, padded.contiguous())
-        return torch.cat([piece[:size] for piece, size in zip(pieces, sizes)], dim=0)
+        return torch.cat([piece[:size] for piece, size in zip(pieces, sizes, strict=True)], dim=0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
