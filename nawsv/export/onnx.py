@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from nawsv.export.tracing import quiet_tracing
 from nawsv.utils.errors import ConfigError
 
 OPSET = 17
@@ -35,7 +36,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> No
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         options["dynamo"] = False
     model.eval()
-    with torch.no_grad():
+    with quiet_tracing(), torch.no_grad():
         torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch", 1: "samples"}, OUTPUT_NAME: {0: "batch"}},
                           opset_version=OPSET, do_constant_folding=True, **options)

@@ -9,40 +9,21 @@ model copy on GPUs).
 """
 from __future__ import annotations
 
-import contextlib
-import logging
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from nawsv.export.tracing import quiet_tracing
 from nawsv.utils.atomic import atomic_open
 from nawsv.utils.errors import ExperimentError
 
 
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Tracing reads every property of the WavLM module, including transformers' language-model
-    ``loss_function``, which logs an irrelevant warning about ``loss_type``; hide warnings while tracing."""
-    logger = logging.getLogger("transformers")
-    previous = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(previous)
-
-
 def trace_model(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
-    """Trace ``model`` (eval mode) on ``example`` [B, T]; the tracer's constant-folding warnings are expected."""
+    """Trace ``model`` (eval mode) on ``example`` [B, T]; the expected tracer warnings are hidden."""
     model.eval()
-    with warnings.catch_warnings(), torch.no_grad(), _quiet_transformers():
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.*deprecated.*")
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
+    with quiet_tracing(), torch.no_grad():
         return torch.jit.trace(model, example, check_trace=False)
 
 
