@@ -81,8 +81,11 @@ def test_rerun_is_skipped_and_a_new_model_replaces_the_package(tmp_path: Path) -
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export")]   # no staging dirs left
 
 
-@pytest.mark.skipif(HAVE_ONNX, reason="onnx and onnxruntime are installed; the missing-extra error cannot occur")
-def test_onnx_without_the_extra_is_a_clear_error(model_file: Path, tmp_path: Path) -> None:
+def test_onnx_without_the_extra_is_a_clear_error(model_file: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name in ("onnx", "onnxruntime") else real_find_spec(name, *args))
     with pytest.raises(ConfigError, match=r"pip install"):
         export_model(model_file, tmp_path / "export", "both")
     assert not (tmp_path / "export").exists()

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install nawsv with everything it needs.
 # CPU torch by default; --cuda keeps an existing CUDA torch or installs the CUDA build.
+# Extras: [dev] (tests), [m4a] (VoxCeleb2 AAC), [onnx] (ONNX export), so that every test runs.
 # Idempotent: a stamp records what was installed, so a second run only checks it.
 set -euo pipefail
 
@@ -46,7 +47,7 @@ py=$venv/bin/python
 want="$flavour $(cat "$root/setup.py" "$root/tools/install.sh" | cksum | cut -d' ' -f1)"
 stamp=$venv/.nawsv-install-stamp
 if [ "$force" = false ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] \
-   && "$py" -c 'import nawsv, torch, transformers, kaldiio, soundfile, soxr, pytest, av' 2>/dev/null; then
+   && "$py" -c 'import nawsv, torch, transformers, kaldiio, soundfile, soxr, pytest, av, onnx, onnxruntime' 2>/dev/null; then
   echo "install.sh: $venv is up to date"
   exit 0
 fi
@@ -67,9 +68,9 @@ else
 fi
 
 echo "install.sh: installing nawsv and its dependencies"
-"$py" -m pip install --quiet -e "$root[dev,m4a]" \
-  || fail "pip install -e '$root[dev,m4a]' failed (see the pip output above)"
-"$py" -c 'import nawsv, torch, transformers, kaldiio, soundfile, soxr, pytest, av' \
+"$py" -m pip install --quiet -e "$root[dev,m4a,onnx]" \
+  || fail "pip install -e '$root[dev,m4a,onnx]' failed (see the pip output above)"
+"$py" -c 'import nawsv, torch, transformers, kaldiio, soundfile, soxr, pytest, av, onnx, onnxruntime' \
   || fail "the environment was installed but an import fails (see above)"
 echo "$want" > "$stamp.tmp" && mv "$stamp.tmp" "$stamp"
 echo "install.sh: done ($("$py" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'))"
