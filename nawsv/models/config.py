@@ -15,25 +15,20 @@ _CONV_STRIDE = [5, 2, 2, 2, 2, 2, 2]
 
 # Random-initialisation architectures (the WavLMConfig keyword arguments). A pre-trained directory
 # (SSLConfig.pretrained) always brings its own config.json instead.
+_PRESET_COMMON: dict[str, Any] = dict(
+    conv_kernel=_CONV_KERNEL, conv_stride=_CONV_STRIDE, conv_bias=False, feat_extract_norm="group",
+    num_buckets=320, max_bucket_distance=800, do_stable_layer_norm=False,
+    hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, feat_proj_dropout=0.1,
+    layerdrop=0.05, mask_time_prob=0.05,
+)
 PRESETS: dict[str, dict[str, Any]] = {
     # A very small WavLM for unit tests and the CPU mini recipe (about 0.7 M parameters).
-    "tiny": dict(
-        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256,
-        conv_dim=[64] * 7, conv_kernel=_CONV_KERNEL, conv_stride=_CONV_STRIDE, conv_bias=False,
-        feat_extract_norm="group", num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=8,
-        num_buckets=320, max_bucket_distance=800, do_stable_layer_norm=False,
-        hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, feat_proj_dropout=0.1,
-        layerdrop=0.05, mask_time_prob=0.05,
-    ),
+    "tiny": dict(_PRESET_COMMON, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256,
+                 conv_dim=[64] * 7, num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=8),
     # The microsoft/wavlm-base-plus architecture (94.7 M parameters), for benchmarks without the weights.
-    "base_plus": dict(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-        conv_dim=[512] * 7, conv_kernel=_CONV_KERNEL, conv_stride=_CONV_STRIDE, conv_bias=False,
-        feat_extract_norm="group", num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16,
-        num_buckets=320, max_bucket_distance=800, do_stable_layer_norm=False,
-        hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, feat_proj_dropout=0.1,
-        layerdrop=0.05, mask_time_prob=0.05,
-    ),
+    "base_plus": dict(_PRESET_COMMON, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                      intermediate_size=3072, conv_dim=[512] * 7, num_conv_pos_embeddings=128,
+                      num_conv_pos_embedding_groups=16),
 }
 
 FRAME_STRIDE = 320            # samples per WavLM frame (20 ms at 16 kHz)

@@ -41,26 +41,24 @@ def str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def positive_int(text: str) -> int:
-    """argparse type for counts such as --nj."""
+def _int_at_least(text: str, minimum: int, what: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts such as --nj."""
+    return _int_at_least(text, 1, "a positive integer")
 
 
 def job_index(text: str) -> int:
     """argparse type for --job: 0 .. num_jobs-1, as Slurm array tasks are usually numbered."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a job index >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a job index >= 0, got {value}")
-    return value
+    return _int_at_least(text, 0, "a job index >= 0")
 
 
 def add_config_options(parser: argparse.ArgumentParser, config_help: str, example: str) -> None:
