@@ -5,7 +5,6 @@ and report the mean of the per-rank losses (the documented convention of nawsv.l
 """
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from torch import nn
 
 from nawsv.losses.eapn import EAPNLoss
 from nawsv.utils.distributed import all_gather_with_grad, rank, world_size
+from tests.gloo import free_port
 
 WORLD = 2
 SPLITS = ([4, 4], [3, 5])          # rows per rank: equal, and unequal (a short last batch)
@@ -31,12 +31,6 @@ class _Embedder(nn.Module):
 
     def forward(self, query: torch.Tensor, anchors: list[torch.Tensor]) -> torch.Tensor:
         return self.eapn(self.encoder(query), [self.encoder(a) for a in anchors])
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _inputs(total: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -80,7 +74,7 @@ def test_two_gloo_ranks_equal_one_process_on_the_concatenated_batch(tmp_path: Pa
     torch.manual_seed(0)
     model = _Embedder()
     out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(_free_port(), model.state_dict(), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), model.state_dict(), str(out)), nprocs=WORLD, join=True)
     results = torch.load(out, weights_only=False)
     assert (results["rank"], results["world"]) == (0, WORLD)
     gathered, offset = results["gather"]

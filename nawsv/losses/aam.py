@@ -10,15 +10,26 @@ pushed away. With ``fix_large_angle`` (default) the target logit there is cos(th
 ArcFace / WeSpeaker fallback, which stays decreasing in theta; ``fix_large_angle=False`` reproduces the
 original (no correction). The case needs cos(theta_y) < -cos(m) (-0.98 at m = 0.2), so it only occurs in
 the first steps of training.
+
+Class weights across ranks: the weighted CE is sum_i w_i l_i / sum_i w_i over the *global* batch. With
+``weight_norm="global"`` (default) each rank divides its local sum by the all-reduced global sum of weights and
+scales by the world size, so after the trainer averages gradients over ranks the update equals one process on the
+concatenated batch, whatever the GPU count. ``"per_rank"`` divides by the local sum, as the released DDP code did:
+with few crops per GPU the class weights then largely cancel.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+
+from nawsv.utils.distributed import is_distributed, world_size
+
+WEIGHT_NORMS = ("global", "per_rank")
 
 
 def inverse_frequency_weights(class_counts: Sequence[int]) -> torch.Tensor:
@@ -34,8 +45,11 @@ class AAMSoftmax(nn.Module):
 
     def __init__(self, embed_dim: int, num_classes: int, margin: float = 0.2, scale: float = 30.0, topk: int = 5,
                  topk_margin: float = 0.1, class_weights: torch.Tensor | Sequence[float] | None = None,
-                 fix_large_angle: bool = True) -> None:
+                 fix_large_angle: bool = True, weight_norm: Literal["global", "per_rank"] = "global") -> None:
         super().__init__()
+        if weight_norm not in WEIGHT_NORMS:
+            raise ValueError(f"weight_norm must be one of {list(WEIGHT_NORMS)}, got {weight_norm!r}")
+        self.weight_norm = weight_norm
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         if topk < 0:
@@ -88,9 +102,18 @@ class AAMSoftmax(nn.Module):
         return logits * self.scale
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (class-weighted CE with PyTorch's weighted-mean reduction, top-1 accuracy of the plain cosines)."""
+        """-> (class-weighted CE normalised as ``weight_norm`` says, top-1 accuracy of the plain cosines)."""
         logits = self.logits(embeddings, labels)
-        loss = F.cross_entropy(logits, labels, weight=self.class_weights)
+        per_row = F.cross_entropy(logits, labels, reduction="none")
+        weights = (self.class_weights[labels] if self.class_weights is not None
+                   else torch.ones_like(per_row))
+        total = weights.sum()
+        ranks = 1
+        if self.weight_norm == "global" and is_distributed() and world_size() > 1:
+            total = total.detach().clone()
+            dist.all_reduce(total)
+            ranks = world_size()
+        loss = (weights * per_row).sum() * ranks / total
         with torch.no_grad():
             accuracy = (self.cosines(embeddings).argmax(dim=1) == labels).float().mean()
         return loss, accuracy

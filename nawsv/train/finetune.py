@@ -20,6 +20,7 @@ from nawsv.data.augment import AugmentConfig, Augmenter
 from nawsv.data.samplers import rank_share, shuffled_batches
 from nawsv.data.store import UtteranceStore
 from nawsv.data.train_sets import AugmentedCrops, make_loader
+from nawsv.losses.aam import WEIGHT_NORMS
 from nawsv.models.config import SSLConfig
 from nawsv.train import checkpoint as ckpt
 from nawsv.train.distributed import DistContext
@@ -62,6 +63,11 @@ class AAMConfig:
     topk: int = 5
     topk_margin: float = 0.1
     class_weights: bool = True             # inverse-frequency weighted CE, as the original
+    class_weight_norm: Literal["global", "per_rank"] = "global"   # per_rank = released DDP (depends on GPU count)
+
+    def __post_init__(self) -> None:
+        if self.class_weight_norm not in WEIGHT_NORMS:
+            raise ValueError(f"class_weight_norm must be one of {list(WEIGHT_NORMS)}, got {self.class_weight_norm!r}")
 
 
 def _finetune_ssl() -> SSLConfig:
@@ -137,7 +143,7 @@ class FinetuneTask:
         weights = torch.tensor(counts.sum() / counts, dtype=torch.float32) if cfg.loss.class_weights else None
         self.aam = AAMSoftmax(cfg.backend.embed_dim, len(store.speaker_ids), margin=cfg.loss.margin,
                               scale=cfg.loss.scale, topk=cfg.loss.topk, topk_margin=cfg.loss.topk_margin,
-                              class_weights=weights).to(ctx.device)
+                              class_weights=weights, weight_norm=cfg.loss.class_weight_norm).to(ctx.device)
         self.dataset = AugmentedCrops(store, augmenter, cfg.run.seed)
         self.ssl_frozen = True
 
