@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ExperimentError(f"--init {args.init}: the warm-up student does not exist; run the warm-up stage (3) "
                               f"first, or pass --init none for the baseline without warm-up")
     from nawsv.data.kaldi import require_utf8_path
-    from nawsv.train.distributed import all_ranks_true, cleanup, init_distributed
+    from nawsv.train.distributed import all_ranks_true, broadcast_object, cleanup, init_distributed
     from nawsv.utils.lock import directory_lock
 
     require_utf8_path(args.exp_dir.resolve(), "--exp_dir", "TensorBoard cannot write its event files there")
@@ -143,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if ctx.is_main:
                 save_config(cfg, args.exp_dir, allow_change=args.force_config)
             final = args.exp_dir / FINAL[args.task]
-            if final.exists():
+            if broadcast_object(final.exists() if ctx.is_main else None):   # rank 0's view decides for all
                 log.info("%s exists: stage already finished (use a new --exp_dir to train again)", final)
                 return 0
             if ctx.is_main:

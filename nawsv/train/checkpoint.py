@@ -29,9 +29,31 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def nonfinite_tensors(value: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors inside ``value`` (nested dicts/lists) that hold NaN or inf."""
+    if isinstance(value, torch.Tensor):
+        return [prefix] if value.is_floating_point() and not bool(torch.isfinite(value).all()) else []
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return []
+    return [name for key, item in items for name in nonfinite_tensors(item, f"{prefix}.{key}" if prefix else str(key))]
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` (plus the format version) and its checksum sidecar atomically."""
+    """Write ``state`` (plus the format version) and its checksum sidecar atomically.
+
+    A state holding NaN/inf is refused: a valid checksum would otherwise make a broken model look good and
+    resumption would pick it over the last sane checkpoint.
+    """
     path = Path(path)
+    broken = nonfinite_tensors(state)
+    if broken:
+        raise ExperimentError(f"refusing to write checkpoint {path}: {len(broken)} tensor(s) hold NaN/inf "
+                              f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}); the earlier "
+                              f"checkpoints are kept. Lower the learning rate or enable optim.grad_clip_norm")
     buffer = io.BytesIO()
     torch.save({"format_version": FORMAT_VERSION, **state}, buffer)
     data = buffer.getvalue()
@@ -91,6 +113,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise ExperimentError(f"checkpoint {path} is not a nawsv training checkpoint; remove it")
     _refuse_newer(Path(path), state.get("format_version"))
     return state
+
+
+def recorded_digest(path: str | Path) -> str | None:
+    """The sha256 recorded beside a checkpoint (ranks compare it to know they read the same file)."""
+    try:
+        meta = json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta.get("sha256") if isinstance(meta, dict) else None
 
 
 def _order(path: Path) -> tuple[int, int]:

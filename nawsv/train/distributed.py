@@ -10,6 +10,7 @@ import dataclasses
 import datetime
 import logging
 import os
+from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
@@ -87,6 +88,34 @@ def all_ranks_true(flag: bool, device: torch.device) -> bool:
     value = torch.tensor([1 if flag else 0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())
+
+
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank: decisions that depend on the filesystem are made once, by rank 0."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order (a list of one in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [value]
+    values: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def broadcast_module_states(modules: Iterable[torch.nn.Module]) -> None:
+    """Copy rank 0's parameters and buffers to every rank (after a restore, so no rank starts elsewhere)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    with torch.no_grad():
+        for module in modules:
+            for tensor in [*module.parameters(), *module.buffers()]:
+                dist.broadcast(tensor.data, src=0)
 
 
 def barrier() -> None:

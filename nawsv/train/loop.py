@@ -8,6 +8,11 @@ Exact resumption rests on one rule: every random draw of step ``s`` of epoch ``e
 generators seeded with (seed, rank, epoch, step) -- the batches themselves are a pure function of
 (seed, epoch) -- so a checkpoint needs no RNG state and a resumed run repeats the uninterrupted one bit for
 bit on CPU.
+
+A step is skipped on every rank when the loss or the averaged gradient norm is NaN/inf on any rank; the skipped
+step's forward has already moved BatchNorm running statistics, so they are put back. Resumption is decided by
+rank 0 (which checkpoint, or none) and checked: every rank must read the same file, and rank 0's parameters and
+buffers are broadcast after the restore, so ranks never start from different weights.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ import torch
 
 from nawsv.train import checkpoint as ckpt
 from nawsv.train.dev_eval import DevEvaluator
-from nawsv.train.distributed import DistContext, all_ranks_true, average_gradients, barrier
+from nawsv.train.distributed import (DistContext, all_ranks_true, average_gradients, barrier, broadcast_module_states,
+                                     broadcast_object, gather_objects)
 from nawsv.train.schedule import learning_rate
 from nawsv.utils.errors import ExperimentError, NawsvError
 from nawsv.utils.seeding import stable_seed
@@ -31,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 class TrainingError(NawsvError):
-    """Training cannot go on (e.g. too many non-finite losses in a row)."""
+    """Training cannot go on (e.g. too many non-finite steps in a row)."""
 
 
 @dataclasses.dataclass
@@ -104,6 +110,26 @@ class Task(Protocol):
         """Speaker embeddings of waveforms [B, T] for the dev evaluation (modules already in eval mode)."""
 
 
+def gradient_norm(parameters: list[torch.nn.Parameter]) -> float:
+    """Global L2 norm of the gradients in fp32 (inf/NaN when any gradient holds one)."""
+    if not parameters:
+        return 0.0
+    norms = torch.stack([torch.linalg.vector_norm(p.grad.detach().float()) for p in parameters])
+    return float(torch.linalg.vector_norm(norms))
+
+
+def autocast_dtype(precision: str, device: torch.device, capability: tuple[int, int] | None = None) -> torch.dtype | None:
+    """bf16 on CUDA devices with native bf16 (compute capability >= 8.0); None (fp32) otherwise, said once."""
+    if precision != "bf16" or device.type != "cuda":
+        return None
+    major, minor = capability or torch.cuda.get_device_capability(device)
+    if major < 8:
+        log.warning("run.precision bf16: this GPU (compute capability %d.%d) has no native bf16; training in fp32",
+                    major, minor)
+        return None
+    return torch.bfloat16
+
+
 class Trainer:
     """Runs a task for ``epochs`` epochs in ``out_dir`` (checkpoints under ``out_dir/checkpoints``)."""
 
@@ -123,7 +149,8 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.global_step = 0
         self.grad_norm_mean: float | None = None
-        self.generator = torch.Generator(device=ctx.device)
+        self.generator = torch.Generator()       # CPU: masks equal on any device, no tiny kernels per span
+        self.autocast_dtype = autocast_dtype(run.precision, ctx.device)
         self.writer = None
 
     def _new_optimizer(self) -> torch.optim.Optimizer:
@@ -139,7 +166,20 @@ class Trainer:
                              "grad_norm_mean": self.grad_norm_mean}}
 
     def _restore(self, path: Path) -> tuple[int, int]:
-        state = ckpt.load_checkpoint(path, map_location=self.ctx.device)
+        problem = None
+        try:
+            state = ckpt.load_checkpoint(path, map_location=self.ctx.device)
+        except NawsvError as exc:
+            problem = exc
+        if not all_ranks_true(problem is None, self.ctx.device):
+            raise problem or ExperimentError(
+                f"another rank cannot read checkpoint {path}, chosen by rank 0 (see its log); the experiment "
+                f"directory must be on a filesystem that every node sees")
+        digests = gather_objects(ckpt.recorded_digest(path))
+        if len(set(digests)) > 1:
+            raise ExperimentError(f"the ranks read different versions of {path} (sha256 per rank: "
+                                  f"{', '.join(str(d)[:12] for d in digests)}); the experiment directory must be one "
+                                  f"shared directory, not node-local copies or a stale NFS cache")
         if state.get("task") != self.task.name:
             raise ExperimentError(f"{path} is a {state.get('task')!r} checkpoint, not {self.task.name!r}")
         modules = self.task.modules()
@@ -147,6 +187,7 @@ class Trainer:
             raise ExperimentError(f"{path} holds modules {sorted(state['modules'])}, expected {sorted(modules)}")
         for name, module in modules.items():
             module.load_state_dict(state["modules"][name])
+        broadcast_module_states(modules.values())
         self.optimizer.load_state_dict(state["optimizer"])
         counters = state["counters"]
         self.nonfinite_total = counters["nonfinite_total"]
@@ -157,25 +198,41 @@ class Trainer:
         return state["epoch"], state["step_in_epoch"]
 
     def _save(self, name: str, epoch: int, step_in_epoch: int) -> None:
+        """Rank 0 writes; a refusal there (e.g. non-finite weights) stops every rank instead of hanging them."""
+        problem = None
         if self.ctx.is_main:
-            ckpt.save_checkpoint(self.ckpt_dir / name, self._state(epoch, step_in_epoch))
-            ckpt.prune_checkpoints(self.ckpt_dir, self.run_cfg.keep_checkpoints)
-        barrier()
+            try:
+                ckpt.save_checkpoint(self.ckpt_dir / name, self._state(epoch, step_in_epoch))
+                ckpt.prune_checkpoints(self.ckpt_dir, self.run_cfg.keep_checkpoints)
+            except NawsvError as exc:
+                problem = exc
+        if not all_ranks_true(problem is None, self.ctx.device):
+            raise problem or TrainingError(f"rank 0 could not write checkpoint {name} (see its log)")
 
     def _start(self, resume: str) -> tuple[int, int]:
+        """Rank 0 alone looks at the checkpoint directory; every rank follows its decision."""
         if resume == "never":
-            if ckpt.list_checkpoints(self.ckpt_dir):
+            existing = broadcast_object(bool(ckpt.list_checkpoints(self.ckpt_dir)) if self.ctx.is_main else None)
+            if existing:
                 raise ExperimentError(f"{self.ckpt_dir} already holds checkpoints and --resume never was given; "
                                       f"use --resume auto to continue, or another experiment directory")
             return 0, 0
         if resume == "auto":
-            path = ckpt.latest_good_checkpoint(self.ckpt_dir)
-            return self._restore(path) if path else (0, 0)
+            latest = ckpt.latest_good_checkpoint(self.ckpt_dir) if self.ctx.is_main else None
+            name = broadcast_object(None if latest is None else latest.name)   # each rank opens it in its own view
+            return self._restore(self.ckpt_dir / name) if name else (0, 0)
         return self._restore(Path(resume))
 
     def _autocast(self):
-        enabled = self.run_cfg.precision == "bf16" and self.ctx.device.type == "cuda"
-        return torch.autocast(device_type=self.ctx.device.type, dtype=torch.bfloat16, enabled=enabled)
+        enabled = self.autocast_dtype is not None
+        return torch.autocast(device_type=self.ctx.device.type, dtype=self.autocast_dtype or torch.bfloat16,
+                              enabled=enabled)
+
+    def _batchnorm_buffers(self) -> list[torch.Tensor]:
+        """Running statistics that a forward in train mode updates (restored when its step is skipped)."""
+        return [buffer for module in self.task.modules().values() for sub in module.modules()
+                if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm) and sub.training
+                for buffer in (sub.running_mean, sub.running_var, sub.num_batches_tracked) if buffer is not None]
 
     def _seed_step(self, epoch: int, step: int) -> None:
         seed = self.run_cfg.seed
@@ -183,30 +240,41 @@ class Trainer:
         self.generator.manual_seed(stable_seed(seed, "mask", self.ctx.rank, epoch, step))
 
     def _optimizer_step(self, loss: torch.Tensor, epoch: int, step: int) -> float | None:
-        """Backward, average, clip and step; returns the gradient norm, or None when the step was skipped."""
+        """Backward, average, clip and step; returns the gradient norm, or None when the step was skipped.
+
+        Every rank agrees on skipping: the loss and the norm of the averaged gradients must be finite everywhere
+        (a finite loss can still give inf/NaN gradients, and clipping an inf norm would write NaN into weights).
+        """
+        what = "loss"
         finite = all_ranks_true(bool(torch.isfinite(loss).item()), self.ctx.device)
+        if finite:
+            loss.backward()
+            average_gradients(self.parameters, self.ctx.world_size)
+            trainable = [p for p in self.parameters if p.grad is not None]
+            norm = gradient_norm(trainable)
+            what = "gradient"
+            finite = all_ranks_true(math.isfinite(norm), self.ctx.device)
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
             self.nonfinite_total += 1
             self.nonfinite_in_row += 1
-            log.warning("non-finite loss at epoch %d step %d: step skipped (%d in a row, %d in total)",
-                        epoch + 1, step, self.nonfinite_in_row, self.nonfinite_total)
+            log.warning("non-finite %s at epoch %d step %d: step skipped (%d in a row, %d in total)",
+                        what, epoch + 1, step, self.nonfinite_in_row, self.nonfinite_total)
             if self.nonfinite_in_row >= self.run_cfg.max_nonfinite_in_row:
-                raise TrainingError(f"{self.nonfinite_in_row} non-finite losses in a row (epoch {epoch + 1}, step "
+                raise TrainingError(f"{self.nonfinite_in_row} non-finite steps in a row (epoch {epoch + 1}, step "
                                     f"{step}); lower the learning rate or check the data. Checkpoints in "
                                     f"{self.ckpt_dir} are untouched")
             return None
         self.nonfinite_in_row = 0
-        loss.backward()
-        average_gradients(self.parameters, self.ctx.world_size)
-        trainable = [p for p in self.parameters if p.grad is not None]
-        max_norm = self.optim_cfg.grad_clip_norm or math.inf
-        norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm)) if trainable else 0.0
+        clip = self.optim_cfg.grad_clip_norm
+        if clip and norm > clip:
+            with torch.no_grad():
+                for param in trainable:
+                    param.grad.mul_(clip / (norm + 1e-6))
         if self.grad_norm_mean is not None and norm > self.run_cfg.grad_spike_factor * self.grad_norm_mean:
             log.warning("gradient norm spike at epoch %d step %d: %.3g (running mean %.3g)",
                         epoch + 1, step, norm, self.grad_norm_mean)
-        if math.isfinite(norm):
-            self.grad_norm_mean = norm if self.grad_norm_mean is None else 0.98 * self.grad_norm_mean + 0.02 * norm
+        self.grad_norm_mean = norm if self.grad_norm_mean is None else 0.98 * self.grad_norm_mean + 0.02 * norm
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
@@ -255,12 +323,15 @@ class Trainer:
         if self.ctx.is_main:
             modules = self.task.modules().values()
             modes = [m.training for m in modules]
+            benchmark = torch.backends.cudnn.benchmark
+            torch.backends.cudnn.benchmark = False   # every dev utterance has its own length: no autotuning each
             for module in modules:
                 module.eval()
             try:
                 with self._autocast():
                     values = self.dev(self.task.dev_embed, self.ctx.device)
             finally:
+                torch.backends.cudnn.benchmark = benchmark
                 for module, mode in zip(modules, modes, strict=True):
                     module.train(mode)
             self._log_scalars({f"dev/{k}": v for k, v in values.items()}, epoch + 1)
@@ -282,11 +353,17 @@ class Trainer:
         bar = progress_bar(total=steps, initial=start_step, desc=f"{self.task.name} epoch {epoch + 1}",
                            disable=not self.ctx.is_main)
         every = self.run_cfg.checkpoint_every_steps
+        batchnorm = self._batchnorm_buffers()
         for step, batch in enumerate(self.task.batches(epoch, start_step), start=start_step):
             self._seed_step(epoch, step)
+            saved = [buffer.clone() for buffer in batchnorm]
             with self._autocast():
                 loss, values = self.task.training_step(batch, self.generator)
             norm = self._optimizer_step(loss.float(), epoch, step)
+            if norm is None:
+                with torch.no_grad():
+                    for buffer, value in zip(batchnorm, saved, strict=True):
+                        buffer.copy_(value)
             self.global_step += 1
             if norm is not None:
                 values = {"loss": loss.item(), **values, "grad_norm": norm}

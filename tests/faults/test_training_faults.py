@@ -116,7 +116,7 @@ def test_too_many_in_a_row_stop_the_run_and_keep_the_checkpoints(tmp_path: Path)
     # the run stopped right after the third skipped step; epoch 1's checkpoint is all there is
     assert [(e, s) for e, s, _ in task.seen][-1] == (1, 2)
     message = str(info.value)
-    assert "3 non-finite losses in a row (epoch 2, step 2)" in message and str(tmp_path / "checkpoints") in message
+    assert "3 non-finite steps in a row (epoch 2, step 2)" in message and str(tmp_path / "checkpoints") in message
     assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["epoch_1.pt"]
     assert ckpt.verify_checkpoint(tmp_path / "checkpoints" / "epoch_1.pt") is None
     assert not (tmp_path / "final.txt").exists()
