@@ -104,3 +104,21 @@ def test_backend_registry():
     assert isinstance(head, WarmupHead)
     with pytest.raises(ValueError, match=r"unknown backend 'ecapa'; choose from \['ecapa_tdnn_small', 'warmup_head'\]"):
         build_backend("ecapa")
+
+
+def test_attentive_pooling_under_bf16_autocast_keeps_fp32_statistics():
+    """Channels whose mean is 1000x their spread (issue 17, finding 7): E[x^2] - mu^2 in bf16 would lose sigma
+    entirely; the statistics are computed in fp32 as sum w (x - mu)^2, so only the bf16 attention scores differ."""
+    torch.manual_seed(0)
+    pooling = AttentiveStatsPooling(6, attention_dim=8).eval()
+    x = 100.0 + 0.1 * torch.randn(3, 6, 50)
+    with torch.no_grad():
+        reference = pooling.double()(x.double())
+        pooling.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = pooling(x)
+    assert got.dtype == torch.float32
+    mu, sigma = got[:, :6].double(), got[:, 6:].double()
+    assert float((mu - reference[:, :6]).abs().max()) < 2e-3                    # 2e-5 of the mean
+    assert float(((sigma - reference[:, 6:]) / reference[:, 6:]).abs().max()) < 0.05   # 5 % of a 0.1 spread
+    assert float(reference[:, 6:].min()) > 0.05

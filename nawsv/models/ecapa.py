@@ -82,14 +82,21 @@ class AttentiveStatsPooling(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Statistics in fp32 whatever the autocast, and the weighted variance as sum w (x - mu)^2: the same
+        value as E_w[x^2] - mu^2 (the weights sum to 1) without its cancellation when a channel's mean is large
+        against its spread (in bf16 that form loses everything once mu/sigma exceeds ~20)."""
         frames = x.shape[-1]
-        mean = x.mean(dim=2, keepdim=True)
-        std = x.var(dim=2, keepdim=True).clamp(min=VAR_FLOOR).sqrt()
-        context = torch.cat([x, mean.expand(-1, -1, frames), std.expand(-1, -1, frames)], dim=1)
-        weights = self.attention(context)
-        mu = (x * weights).sum(dim=2)
-        sigma = ((x * x * weights).sum(dim=2) - mu * mu).clamp(min=VAR_FLOOR).sqrt()
-        return torch.cat([mu, sigma], dim=1)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x if x.dtype == torch.float64 else x.float()
+            mean = x.mean(dim=2, keepdim=True)
+            std = x.var(dim=2, keepdim=True).clamp(min=VAR_FLOOR).sqrt()
+            context = torch.cat([x, mean.expand(-1, -1, frames), std.expand(-1, -1, frames)], dim=1)
+        scores = self.attention[:-1](context)        # the attention network itself may run in bf16
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            weights = self.attention[-1](scores.to(x.dtype))
+            mu = (x * weights).sum(dim=2, keepdim=True)
+            sigma = ((x - mu).square() * weights).sum(dim=2).clamp(min=VAR_FLOOR).sqrt()
+            return torch.cat([mu.squeeze(2), sigma], dim=1)
 
 
 class EcapaTdnn(nn.Module):
