@@ -60,6 +60,7 @@ def test_package_contents(model_file: Path, export_dir: Path) -> None:
     assert config["model"]["sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()
     assert config["model"]["source"] == str(model_file.resolve())
     assert config["files"] == {"torchscript": "model.ts"}
+    assert config["torchscript_device"] == "cpu"
     assert config["checks"]["torchscript"]["max_relative_diff"] <= 1e-4
     assert config["random_init_ssl"] is True and config["nawsv_version"]
     segments = Verifier(export_dir).embed(np.zeros(30_000, np.float32) + 0.01, segments=True)
@@ -125,3 +126,17 @@ def test_export_prints_only_its_own_log_lines(model_file: Path, tmp_path: Path) 
     foreign = [line for line in (proc.stdout + proc.stderr).splitlines()
                if not line.startswith(("LOG (nawsv.", "WARNING (nawsv.models.ssl) "))]
     assert not foreign, "\n".join(foreign)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1", "mps"])
+def test_torchscript_off_the_cpu_is_refused_with_one_line(export_dir: Path, device: str) -> None:
+    """The trace holds CPU device constants (WavLM's relative-position arange): refuse it before any device use."""
+    from nawsv.export.torchscript import load_torchscript
+    from nawsv.utils.errors import ExperimentError
+
+    with pytest.raises(ExperimentError) as info:
+        load_torchscript(export_dir / "model.ts", device)
+    message = str(info.value)
+    assert "\n" not in message and "CPU only" in message and device in message and "engine='eager'" in message
+    graph = str(torch.jit.load(str(export_dir / "model.ts")).inlined_graph)
+    assert 'value="cpu"' in graph                       # why: the constant is really there

@@ -25,7 +25,7 @@ import yaml
 from nawsv import __version__
 from nawsv.data.audio import SAMPLE_RATE
 from nawsv.export.onnx import export_onnx, onnx_runner, require_onnx
-from nawsv.export.torchscript import save_torchscript, trace_model
+from nawsv.export.torchscript import TRACED_DEVICE, save_torchscript, trace_model
 from nawsv.extract.config import ExtractConfig
 from nawsv.extract.stamp import file_sha256
 from nawsv.utils.atomic import atomic_directory, atomic_write_text
@@ -121,6 +121,7 @@ def _config(model: torch.nn.Module, source: Path, sha256: str, protocol: dict, c
         "random_init_ssl": bool(getattr(model.ssl, "random_init", False)),
         "model": {"file": MODEL_NAME, "source": str(source.resolve()), "sha256": sha256},
         "files": {name: FILES[name] for name in checks},
+        "torchscript_device": TRACED_DEVICE,
         "checks": {name: {"inputs_batch_samples": [list(s) for s in CHECK_SHAPES], "max_relative_diff": diff}
                    for name, diff in checks.items()},
     }

@@ -4,8 +4,9 @@ Tracing records the operations of one forward pass. The WavLM + ECAPA forward ha
 control flow (frame counts and relative-position buckets are computed from tensor sizes, which the tracer
 records symbolically), so the trace generalises across lengths; :func:`nawsv.export.package.export_model`
 verifies this on two other lengths and batch sizes before writing anything. The trace is recorded on the
-CPU and may hold CPU device constants, so it is meant for CPU inference (the Python API uses the eager
-model copy on GPUs).
+CPU and holds CPU device constants (WavLM's relative-position ``arange`` is traced with ``device="cpu"``), so
+it runs on the CPU only: loading it for another device is refused here with a clear message (the Python API
+uses the eager model copy or ONNX on GPUs), and the export's config.yaml records ``torchscript_device: cpu``.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from torch import nn
 from nawsv.export.tracing import quiet_tracing
 from nawsv.utils.atomic import atomic_open
 from nawsv.utils.errors import ExperimentError
+
+TRACED_DEVICE = "cpu"
 
 
 def trace_model(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
@@ -37,6 +40,10 @@ def save_torchscript(module: torch.jit.ScriptModule, path: str | Path) -> None:
 
 def load_torchscript(path: str | Path, device: str | torch.device = "cpu") -> torch.jit.ScriptModule:
     """Load an exported module; a missing, truncated or foreign file is an ExperimentError naming it."""
+    if torch.device(device).type != TRACED_DEVICE:
+        raise ExperimentError(f"TorchScript model {path} runs on the CPU only (it was traced there and holds CPU "
+                              f"device constants), not on {device}; use engine='eager' (the default off the CPU) "
+                              f"or the ONNX export on a GPU")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
