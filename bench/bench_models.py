@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from bench.bench_frozen_cnn import frozen_cnn_figures
 from bench.common import Figure
 from nawsv.losses.aam import AAMSoftmax
 from nawsv.losses.eapn import EAPNLoss
@@ -40,7 +41,7 @@ def _timed(step: Callable[[], None]) -> float:
 
 def _cases(preset: str) -> dict[str, Callable[[], None]]:
     """Closures that each run one step; built once so that model construction is not timed."""
-    cfg = SSLConfig(preset=preset)
+    cfg = SSLConfig(preset=preset, layerdrop=0.0)       # the bare baseline never drops layers either
     student, teacher = build_student(cfg), build_teacher(cfg)
     bare = build_teacher(cfg).wavlm            # the plain HF WavLMModel with the same weights/config
     bare.requires_grad_(True)
@@ -139,9 +140,9 @@ def run(args: argparse.Namespace) -> list[Figure]:
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        figures = _measure("tiny", 3 if args.quick else 9)
+        figures = _measure("tiny", 3 if args.quick else 9) + frozen_cnn_figures("tiny", 3 if args.quick else 9)
         if not args.quick:
-            figures += _measure("base_plus", 5)
+            figures += _measure("base_plus", 5) + frozen_cnn_figures("base_plus", 3)
         return figures
     finally:
         torch.set_num_threads(threads)
