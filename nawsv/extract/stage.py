@@ -10,15 +10,13 @@ its keys, for the model and protocol recorded in ``extract_stamp.yaml``, is skip
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import functools
 import hashlib
 import logging
 import shutil
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -31,7 +29,7 @@ from nawsv.extract.embedder import Embedder, resolve_device
 from nawsv.extract.loader import iterate_audio
 from nawsv.utils.atomic import atomic_write_text
 from nawsv.utils.errors import ConfigError, DataError
-from nawsv.utils.lock import directory_lock
+from nawsv.utils.lock import directory_lock, file_lock
 from nawsv.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -113,17 +111,6 @@ def final_complete(out_dir: Path, kind: str, keys: Sequence[str]) -> bool:
     atomic_write_text(scp, "".join(f"{key} {target}:{offset}\n"
                                    for (key, _), (_, _, offset) in zip(pairs, located, strict=True)))
     return True
-
-
-@contextlib.contextmanager
-def _merge_lock(out_dir: Path) -> Iterator[None]:
-    """Serialise merges of one set between jobs (blocking ``flock`` on the stamp, which never moves)."""
-    with open(out_dir / stamps.STAMP_NAME, "rb") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _plan(model: SpeakerModelFile, data_dir: Path, out_dir: Path, cfg: ExtractConfig,
@@ -220,7 +207,7 @@ def _extract_set(model: SpeakerModelFile, source: AudioSource, data_dir: Path, o
              len(plan.keys), len(plan.chunks), " + ".join(plan.kinds), job, num_jobs, len(todo))
     if todo:
         _run_chunks(model, cfg, plan, todo, source)
-    with _merge_lock(out_dir):
+    with file_lock(out_dir / stamps.STAMP_NAME):     # serialises merges of one set (the stamp never moves)
         if all(final_complete(out_dir, kind, plan.keys) for kind in plan.kinds):
             return True                   # another job merged the set while this one worked or waited
         waiting = [c for c in range(len(plan.chunks)) if not plan.chunk_done(c)]
