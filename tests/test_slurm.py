@@ -409,6 +409,7 @@ def test_train_template_cpu_allocation(tmp_path: Path) -> None:
     ({"DEVICE": "cpu", "NPROC_PER_NODE": "0"}, (), "NPROC_PER_NODE must be a positive integer, got '0'"),
     ({"SLURM_GPUS_PER_NODE": "4"}, ("--device", "cpu"), "--device is set by the template from the allocation"),
     ({"SLURM_GPUS_PER_NODE": "4"}, ("--nproc=2",), "--nproc is set by the template"),
+    ({"SLURM_GPUS_PER_NODE": "4"}, ("--rdzv-endpoint", "h:1"), "--rdzv-endpoint is set by the template"),
 ])
 def test_train_template_refuses(tmp_path: Path, env: dict, args: tuple, message: str) -> None:
     proc, srun_options = run_train_template(tmp_path, env, *args)
