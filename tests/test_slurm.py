@@ -1,7 +1,8 @@
 """tools/slurm templates and the commands egs/voxceleb/run.sh prints in a dry run.
 
 The templates run here under a fake Slurm: the SLURM_* variables an array task or a multi-node job sees, and
-stand-ins for srun / scontrol on PATH. Parts that need stage options the engine has not got yet (--job,
+stand-ins for srun / scontrol on PATH (srun logs the options it was given). A stage-2 array runs for real on
+the tiny corpus: a resubmitted index, the merge that names the missing array indices, the rest of the array. Parts that need stage options the engine has not got yet (--job,
 --nnodes, stages 3-6) skip, naming the missing piece.
 """
 from __future__ import annotations
