@@ -33,6 +33,7 @@ noisy_test_sets=        # stage 2: test sets that get noisy copies (empty: all o
 job=0                   # stages 2 and 5: this job's index, 0 .. num_jobs-1 (a Slurm array task)
 num_jobs=1              # stages 2 and 5: jobs sharing the work
 merge=false             # stages 2 and 5: only merge what finished jobs wrote
+array_first=0           # stages 2 and 5: the Slurm array index of job 0 (messages name array indices)
 pretrained=             # local Hugging Face WavLM dir (e.g. wavlm-base-plus); empty: the config's ssl.pretrained
 skip_warmup=false       # baseline: no stage 3, stage 4 fine-tunes the pre-trained model directly
 warmup_config=warmup.yaml      # stage-3 config: a file name looked up in $conf, then $root/conf; or a path
@@ -51,7 +52,7 @@ help_message="Usage: bash run.sh [--recipe egs/<name>] [--stage N] [--stop_stage
 Stages: 1 data preparation, 2 noisy test sets, 3 NAW-SV warm-up, 4 fine-tuning, 5 embeddings, 6 scoring,
   7 report, 8 export."
 parse_options_names="recipe stage stop_stage data exp conf nj train_set test_sets materialize_noisy noisy_test_sets
-  job num_jobs merge pretrained
+  job num_jobs merge array_first pretrained
   skip_warmup warmup_config finetune_config dev_set device nproc nnodes rdzv_endpoint python dry_run $recipe_options"
 . "$root/tools/parse_options.sh"
 [ $# -eq 0 ] || { echo "run.sh: unexpected argument '$1' (options are --name value)" >&2; exit 1; }
@@ -111,7 +112,8 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
   for set in ${noisy_test_sets:-$test_sets}; do
     run python -m nawsv.bin.make_noisy_sets --config "$(config noisy.yaml)" --data "$data/$set" \
       --out_root "$data" --musan "$data/musan_test" --nonspeech "$data/nonspeech" \
-      --materialize "$materialize_noisy" --nj "$nj" --job "$job" --num_jobs "$num_jobs" --merge "$merge"
+      --materialize "$materialize_noisy" --nj "$nj" --job "$job" --num_jobs "$num_jobs" --merge "$merge" \
+      --array_first "$array_first"
   done
 fi
 
@@ -138,7 +140,7 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   echo "$(date +%T) stage 5: embeddings -> $exp/embeddings/<set>"
   extract_args=(--config "$(config extract.yaml)" --model "$exp/finetune/avg_model.pt" --data_root "$data"
     --emb_root "$exp/embeddings" --device "$device" --override "num_workers=$nj" --job "$job"
-    --num_jobs "$num_jobs" --merge "$merge")
+    --num_jobs "$num_jobs" --merge "$merge" --array_first "$array_first")
   # the AS-norm cohort (training set) needs whole-utterance embeddings only
   run python -m nawsv.bin.extract "${extract_args[@]}" --sets "$train_set" --override segments.enabled=false
   sets=($test_sets)

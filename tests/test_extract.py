@@ -267,6 +267,42 @@ def test_partial_run_is_completed_and_finished_set_skipped(model_file: Path, mod
     assert no_temporaries(tmp_path)
 
 
+def test_chunks_are_dealt_across_the_sets_of_a_command(model_file: Path, tmp_path: Path) -> None:
+    """Sets a (1 chunk), b (2 chunks), c (1 chunk) are units 0 | 1 2 | 3: over 3 jobs, job 0 does a and c, jobs
+    1 and 2 one chunk of b each (dealt per set, job 0 would do a, b's first chunk and c and job 2 nothing).
+    The result equals one job's, byte for byte."""
+    from nawsv.bin.extract import main
+    from nawsv.utils.cli import run_main
+
+    root = tmp_path / "data"
+    write_data_dir(root / "a", UTTERANCES[:1])
+    write_data_dir(root / "b", UTTERANCES[1:4])
+    write_data_dir(root / "c", UTTERANCES[4:6])
+    args = ["--model", str(model_file), "--data_root", str(root), "--device", "cpu", "--sets", "a", "b", "c",
+            *[x for o in CHEAP for x in ("--override", o)]]                      # chunk_size=2
+    split = tmp_path / "split"
+
+    def done(name: str) -> list[str]:
+        """Finished chunks of a set: all of them once it is merged, else its partial arks."""
+        if (split / name / "xvector.scp").is_file():
+            return ["merged"]
+        return sorted(p.name[:6] for p in (split / name / "parts").rglob("*.xvector.ark"))
+
+    assert main(args + ["--emb_root", str(split), "--job", "1", "--num_jobs", "3"]) == 0
+    assert (done("a"), done("b"), done("c")) == ([], ["000000"], [])
+    assert main(args + ["--emb_root", str(split), "--job", "2", "--num_jobs", "3"]) == 0
+    assert (done("a"), done("b"), done("c")) == ([], ["merged"], [])              # job 2 finished b: it merged
+    with pytest.raises(DataError, match=r"chunk 0\), owned by job 0 of 3 \(array index 4\)"):
+        main(args + ["--emb_root", str(split), "--num_jobs", "3", "--array_first", "4", "--merge", "true"])
+    assert main(args + ["--emb_root", str(split), "--job", "0", "--num_jobs", "3"]) == 0
+    assert (done("a"), done("b"), done("c")) == (["merged"], ["merged"], ["merged"])
+    assert main(args + ["--emb_root", str(tmp_path / "single")]) == 0
+    for name in ("a", "b", "c"):
+        for kind in ("xvector", "xvector_seg"):
+            assert read_pair(split / name, kind)[0] == read_pair(tmp_path / "single" / name, kind)[0]
+    assert run_main(main, args + ["--emb_root", str(split), "--job", "3", "--num_jobs", "3"]) == 2
+
+
 def test_other_model_or_protocol_is_refused(model_file: Path, data_dir: Path, tmp_path: Path) -> None:
     cfg = cfg_of(*CHEAP)
     out = tmp_path / "emb"

@@ -1,4 +1,5 @@
 """Stage 2: noisy test sets are exact, deterministic under any job split, resumable, and readable on the fly."""
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -138,6 +139,21 @@ def test_any_job_split_gives_the_same_bytes(inputs: dict[str, Path], reference: 
     proc = run_module("nawsv.bin.make_noisy_sets", *cli_args(inputs, split, "--job", "1", "--num_jobs", "3"))
     assert proc.returncode == 0, proc.stderr
     assert snapshot(split) == expected                        # merged by the last job; no parts left behind
+
+
+def test_a_one_chunk_set_keeps_every_job_busy(inputs: dict[str, Path], reference: Path, tmp_path: Path) -> None:
+    """9 utterances in one chunk, 8 conditions, 4 jobs: the (condition, chunk) pairs are dealt round-robin, so
+    job j makes conditions j and j + 4 (by the config's order: categories, then SNRs) and merges them."""
+    cfg = dataclasses.replace(CFG, chunk_size=100)
+    order = [f"tiny_test_{c}_{s}" for c in ("noise", "music", "babble", "nonspeech") for s in (0, 10)]
+    out = tmp_path / "split"
+    expected: set[str] = set()
+    for job in (2, 0, 3, 1):
+        make_noisy_sets(inputs["test"], out, cfg, **banks_of(inputs), job=job, num_jobs=4)
+        expected |= {order[job], order[job + 4]}
+        assert {p.parent.name for p in out.glob("*/manifest.tsv")} == expected
+        assert not list(out.glob("*/parts/*.tsv"))                # each job finished (and merged) its conditions
+    assert snapshot(out) == snapshot(reference)
 
 
 def test_on_the_fly_equals_materialised(inputs: dict[str, Path], reference: Path, tmp_path: Path) -> None:

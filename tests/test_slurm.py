@@ -1,7 +1,8 @@
 """tools/slurm templates and the commands egs/voxceleb/run.sh prints in a dry run.
 
 The templates run here under a fake Slurm: the SLURM_* variables an array task or a multi-node job sees, and
-stand-ins for srun / scontrol on PATH. Parts that need stage options the engine has not got yet (--job,
+stand-ins for srun / scontrol on PATH (srun logs the options it was given). A stage-2 array runs for real on
+the tiny corpus: a resubmitted index, the merge that names the missing array indices, the rest of the array. Parts that need stage options the engine has not got yet (--job,
 --nnodes, stages 3-6) skip, naming the missing piece.
 """
 from __future__ import annotations
@@ -9,11 +10,14 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.test_noisy_sets import inputs  # noqa: F401  (the fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "egs" / "voxceleb"
@@ -237,23 +241,104 @@ def test_array_template_passes_its_share(tmp_path: Path, name: str, stage_module
                array_env(5, 2, 9, 8))                                              # --array=2-9, task 5
     assert proc.returncode == 0, proc.stdout + proc.stderr
     calls = [c for c in commands(proc.stdout) if f"nawsv.bin.{stage_module}" in c]
-    assert calls and all((option_value(c, "--job"), option_value(c, "--num_jobs")) == ("3", "8") for c in calls)
+    assert calls and all((option_value(c, "--job"), option_value(c, "--num_jobs"), option_value(c, "--array_first"))
+                         == ("3", "8", "2") for c in calls)
 
 
 @needs_engine_option("merge")
 def test_merge_template(tmp_path: Path) -> None:
     proc = run(["bash", str(SLURM / "merge.sbatch"), "--dry_run", "true", "--data", str(tmp_path / "data"),
-                *CORPUS_OPTIONS], {"STAGE": "2", "SLURM_SUBMIT_DIR": str(ROOT)})
+                *CORPUS_OPTIONS], {"STAGE": "2", "ARRAY": "1-4", "SLURM_SUBMIT_DIR": str(ROOT)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     calls = [c for c in commands(proc.stdout) if "nawsv.bin.make_noisy_sets" in c]
     assert calls and all(option_value(c, "--merge") == "true" for c in calls)
+    assert all((option_value(c, "--num_jobs"), option_value(c, "--array_first")) == ("4", "1") for c in calls)
+    for array, message in (("", "set ARRAY to the --array range of the array this merges"),
+                           ("0-", "ARRAY must be the --array range of the array, such as 0-31, got '0-'"),
+                           ("5-2", "got '5-2'")):
+        proc = run(["bash", str(SLURM / "merge.sbatch")], {"STAGE": "5", "ARRAY": array, "SLURM_SUBMIT_DIR": str(ROOT)})
+        assert proc.returncode != 0 and message in proc.stderr
+
+
+@needs_engine_option("job", "num_jobs", "array_first")
+@pytest.mark.parametrize("name, stage_module", [("noisy_array.sbatch", "make_noisy_sets"),
+                                                ("extract_array.sbatch", "extract")])
+def test_resubmitted_index_keeps_its_share(tmp_path: Path, name: str, stage_module: str) -> None:
+    """--array=7 of an array first submitted as --array=1-8 is job 6 of 8, not job 0 of 1."""
+    args = ["bash", str(SLURM / name), "--dry_run", "true", "--data", str(tmp_path / "data"), *CORPUS_OPTIONS]
+    resubmitted = array_env(7, 7, 7, 1)
+    plain = run(args, resubmitted)                                  # without ARRAY: the trap the README warns of
+    assert plain.returncode == 0, plain.stderr
+    assert {(option_value(c, "--job"), option_value(c, "--num_jobs")) for c in commands(plain.stdout)
+            if stage_module in c} == {("0", "1")}
+    proc = run(args, {**resubmitted, "ARRAY": "1-8"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = [c for c in commands(proc.stdout) if f"nawsv.bin.{stage_module}" in c]
+    assert calls and all((option_value(c, "--job"), option_value(c, "--num_jobs"), option_value(c, "--array_first"))
+                         == ("6", "8", "1") for c in calls)
+    outside = run(args, {**array_env(9, 9, 9, 1), "ARRAY": "1-8"})
+    assert outside.returncode != 0 and "array index 9 is outside ARRAY=1-8" in outside.stderr
+
+
+def stage2_recipe(tmp_path: Path, inputs: dict[str, Path], name: str) -> tuple[Path, Path]:
+    """A recipe whose stage 2 makes noise and music at 0 dB of the 9-utterance tiny test set in chunks of 4:
+    2 conditions x 3 chunks = units 0-2 (noise) and 3-5 (music). Returns (recipe dir, data dir)."""
+    recipe, data = tmp_path / name / "recipe", tmp_path / name / "data"
+    (recipe / "conf").mkdir(parents=True)
+    (recipe / "defaults.sh").write_text("train_set=tiny_dev\ntest_sets=tiny_test\nrecipe_options=\n")
+    (recipe / "run.sh").write_text(f'exec bash {ROOT}/run.sh --recipe "$(dirname "$0")" "$@"\n')
+    (recipe / "conf" / "noisy.yaml").write_text("seed: 5\ncategories: [noise, music]\nsnrs: [0]\nchunk_size: 4\n")
+    shutil.copytree(inputs["test"], data / "tiny_test")
+    for bank in ("musan_test", "nonspeech"):
+        (data / bank).symlink_to(inputs[bank])
+    return recipe, data
+
+
+def noisy_tree(data: Path) -> dict[str, bytes]:
+    """The condition dirs' files, with the data dir's absolute path (in wav.scp, condition.yaml) replaced."""
+    return {str(p.relative_to(data)): p.read_bytes().replace(str(data).encode(), b"<data>")
+            for p in sorted(data.glob("tiny_test_*/**/*")) if p.is_file()}
+
+
+def test_stage2_array_resubmit_and_merge(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    """--array=1-4 over 6 units: index 3 (job 2) is resubmitted with ARRAY=1-4 while 1, 2, 4 have not run yet: it
+    makes its one unit only (noise chunk 2); the merge then names array indices 1 and 2 for the noise condition;
+    after the rest of the array, the result equals a one-task array, byte for byte."""
+    recipe, data = stage2_recipe(tmp_path, inputs, "split")
+    template = ["bash", str(SLURM / "noisy_array.sbatch"), "--data", str(data), "--python", sys.executable]
+    env = {"SLURM_SUBMIT_DIR": str(ROOT), "RECIPE": str(recipe), "SLURM_CPUS_PER_TASK": "1"}
+
+    def parts() -> list[tuple[str, str]]:
+        return sorted((p.parent.parent.name, p.name[:6]) for p in data.glob("tiny_test_*/parts/*.tsv"))
+
+    proc = run(template, {**env, **array_env(3, 3, 3, 1), "ARRAY": "1-4"})              # sbatch --array=3
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert parts() == [("tiny_test_noise_0", "000002")] and not list(data.glob("*/manifest.tsv"))
+    merge = ["bash", str(SLURM / "merge.sbatch"), "--data", str(data), "--python", sys.executable]
+    proc = run(merge, {**env, "STAGE": "2", "ARRAY": "1-4"})
+    assert proc.returncode != 0
+    assert (f"ERROR: {data}/tiny_test_noise_0: 2 chunk(s) are not done yet (first: chunk 0), owned by jobs 0, 1 "
+            f"of 4 (array indices 1, 2); run them before merging") in proc.stderr
+    for task in (1, 4, 2):                                                            # the rest of the array
+        proc = run(template, {**env, **array_env(task, 1, 4, 4)})
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert parts() == [] and len(list(data.glob("*/manifest.tsv"))) == 2               # the last task merged
+    proc = run(merge, {**env, "STAGE": "2", "ARRAY": "1-4"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    one_recipe, one_data = stage2_recipe(tmp_path, inputs, "one")
+    proc = run(["bash", str(SLURM / "noisy_array.sbatch"), "--data", str(one_data), "--python", sys.executable],
+               {**env, "RECIPE": str(one_recipe), **array_env(0, 0, 0, 1)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert noisy_tree(data) == noisy_tree(one_data) != {}
 
 
 def fake_slurm_bin(tmp_path: Path) -> Path:
-    """srun runs its command once (one node shown), scontrol expands the node list of the test."""
+    """srun logs its options to $SRUN_LOG and runs its command once (one node shown); scontrol expands the
+    node list of the test."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "srun").write_text('#!/usr/bin/env bash\nwhile [[ "${1:-}" == --* ]]; do shift; done\nexec "$@"\n')
+    (bin_dir / "srun").write_text('#!/usr/bin/env bash\nwhile [[ "${1:-}" == --* ]]; do\n'
+                                  '  [ -z "${SRUN_LOG:-}" ] || echo "$1" >> "$SRUN_LOG"; shift\ndone\nexec "$@"\n')
     (bin_dir / "scontrol").write_text('#!/usr/bin/env bash\n[ "$1 $2" = "show hostnames" ] || exit 2\n'
                                       'printf "gpu-a07\\ngpu-a08\\n"\n')
     for stub in bin_dir.iterdir():
@@ -261,12 +346,22 @@ def fake_slurm_bin(tmp_path: Path) -> Path:
     return bin_dir
 
 
+def run_train_template(tmp_path: Path, env: dict, *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """train.sbatch under a fake 2-node allocation; returns the process and the options srun was given."""
+    log = tmp_path / "srun.log"
+    log.unlink(missing_ok=True)
+    bin_dir = tmp_path / "bin" if (tmp_path / "bin").is_dir() else fake_slurm_bin(tmp_path)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_NNODES": "2",
+           "SLURM_JOB_NODELIST": "gpu-a[07-08]", "STAGE": "3", "SRUN_LOG": str(log), "SLURM_GPUS_PER_NODE": "",
+           "SLURM_GPUS_ON_NODE": "", "SLURM_CPUS_PER_TASK": "", "GPUS_PER_NODE": "", **env}
+    proc = run(["bash", str(SLURM / "train.sbatch"), "--dry_run", "true", "--data", str(tmp_path / "data"),
+                "--pretrained", "/models/wavlm-base-plus", *CORPUS_OPTIONS, *args], env)
+    return proc, log.read_text().split() if log.exists() else []
+
+
 @needs_engine_option("nnodes", "nproc", "rdzv_endpoint")
 def test_train_template_multi_node_rendezvous(tmp_path: Path) -> None:
-    env = {"PATH": f"{fake_slurm_bin(tmp_path)}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(ROOT),
-           "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "gpu-a[07-08]", "STAGE": "3", "GPUS_PER_NODE": "4"}
-    proc = run(["bash", str(SLURM / "train.sbatch"), "--dry_run", "true", "--data", str(tmp_path / "data"),
-                "--pretrained", "/models/wavlm-base-plus", *CORPUS_OPTIONS], env)
+    proc, _ = run_train_template(tmp_path, {"SLURM_GPUS_PER_NODE": "4"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (torchrun,) = [c for c in commands(proc.stdout) if "nawsv.bin.train" in c]
     assert "torchrun " in torchrun or "-m torch.distributed.run " in torchrun
@@ -275,6 +370,52 @@ def test_train_template_multi_node_rendezvous(tmp_path: Path) -> None:
     assert option_value(torchrun, "--rdzv_endpoint") == "gpu-a07:29500"
     assert "nawsv.bin.train warmup" in torchrun
     assert option_value(torchrun, "--config") == f"{RECIPE}/conf/vox1_wavlm_base_plus_warmup.yaml"
+
+
+@needs_engine_option("nnodes", "nproc", "rdzv_endpoint")
+@pytest.mark.parametrize("allocation, gpus", [
+    ({"SLURM_GPUS_PER_NODE": "8", "SLURM_CPUS_PER_TASK": "64"}, "8"),          # sbatch --gpus-per-node=8
+    ({"SLURM_GPUS_PER_NODE": "h100:2", "SLURM_CPUS_PER_TASK": "16"}, "2"),     # --gpus-per-node=h100:2
+    ({"SLURM_GPUS_ON_NODE": "3", "SLURM_CPUS_PER_TASK": "12"}, "3"),           # --gres=gpu:3
+    ({"SLURM_GPUS_ON_NODE": "3", "SLURM_CPUS_PER_TASK": "12", "NPROC_PER_NODE": "1"}, "1"),   # one GPU used
+])
+def test_train_template_follows_the_allocation(tmp_path: Path, allocation: dict, gpus: str) -> None:
+    """srun gets the job's --cpus-per-task (a step does not inherit it since Slurm 22.05), torchrun one process
+    per allocated GPU of a node, and the run --device cuda once."""
+    proc, srun_options = run_train_template(tmp_path, allocation)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"--cpus-per-task={allocation['SLURM_CPUS_PER_TASK']}" in srun_options
+    (torchrun,) = [c for c in commands(proc.stdout) if "nawsv.bin.train" in c]
+    assert option_value(torchrun, "--nproc_per_node") == gpus
+    assert torchrun.count(" --device ") == 1 and option_value(torchrun, "--device") == "cuda"
+
+
+@needs_engine_option("nnodes", "nproc", "rdzv_endpoint")
+def test_train_template_cpu_allocation(tmp_path: Path) -> None:
+    proc, srun_options = run_train_template(tmp_path, {"DEVICE": "cpu", "NPROC_PER_NODE": "3"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not any(o.startswith("--cpus-per-task") for o in srun_options)       # none asked for: none passed
+    (torchrun,) = [c for c in commands(proc.stdout) if "nawsv.bin.train" in c]
+    assert option_value(torchrun, "--nproc_per_node") == "3"
+    assert torchrun.count(" --device ") == 1 and option_value(torchrun, "--device") == "cpu"
+    proc, _ = run_train_template(tmp_path, {"DEVICE": "cpu"})
+    assert option_value(next(c for c in commands(proc.stdout) if "nawsv.bin.train" in c), "--nproc_per_node") == "1"
+
+
+@pytest.mark.parametrize("env, args, message", [
+    ({}, (), "no GPUs in this allocation; submit with --gpus-per-node=N, or set DEVICE=cpu"),
+    ({"SLURM_GPUS_PER_NODE": "a100:2,v100:2"}, (), "cannot read a GPU count from 'a100:2,v100:2'; set NPROC_PER_NODE"),
+    ({"GPUS_PER_NODE": "4"}, (), "GPUS_PER_NODE is now NPROC_PER_NODE"),
+    ({"DEVICE": "tpu"}, (), "DEVICE must be cuda or cpu, got 'tpu'"),
+    ({"DEVICE": "cpu", "NPROC_PER_NODE": "0"}, (), "NPROC_PER_NODE must be a positive integer, got '0'"),
+    ({"SLURM_GPUS_PER_NODE": "4"}, ("--device", "cpu"), "--device is set by the template from the allocation"),
+    ({"SLURM_GPUS_PER_NODE": "4"}, ("--nproc=2",), "--nproc is set by the template"),
+    ({"SLURM_GPUS_PER_NODE": "4"}, ("--rdzv-endpoint", "h:1"), "--rdzv-endpoint is set by the template"),
+])
+def test_train_template_refuses(tmp_path: Path, env: dict, args: tuple, message: str) -> None:
+    proc, srun_options = run_train_template(tmp_path, env, *args)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr
+    assert srun_options == []                                   # refused before starting anything
 
 
 def test_convert_template_array_covers_every_file(tmp_path: Path) -> None:

@@ -11,25 +11,28 @@ Data dirs may be clean Kaldi dirs or stage-2 noisy conditions (materialised or m
 manifest). Name them as --data_dir/--out_dir pairs, or as --sets under --data_root / --emb_root (shell
 patterns such as 'vox1_O_*' are expanded against --data_root).
 
-Slurm arrays: run jobs 0..n-1 with --job i --num_jobs n; the last job to finish merges each set (or run
-once more with --merge true). A rerun skips finished sets and chunks; a set made with another model or
+Slurm arrays: run jobs 0..n-1 with --job i --num_jobs n; the chunks of all the sets named are numbered one
+after the other and dealt round-robin, so small sets do not leave jobs idle. The last job to finish merges
+each set (or run once more with --merge true). A rerun skips finished sets and chunks; a set made with another model or
 protocol is refused (extract_stamp.yaml records which).
 """
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import itertools
 import logging
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from nawsv.extract.config import ExtractConfig
-from nawsv.extract.stage import SpeakerModelFile, extract_set
+from nawsv.extract.stage import SpeakerModelFile, count_chunks, extract_set
 from nawsv.utils.cli import (StageParser, add_common_options, add_config_options, add_job_options, positive_int,
                             run_main, setup_logging)
 from nawsv.utils.config import load_config
 from nawsv.utils.errors import ConfigError
+from nawsv.utils.jobs import JobShare
 
 log = logging.getLogger("nawsv.bin.extract")
 
@@ -52,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_threads", type=positive_int,
                         help="CPU threads of the model (default: torch's choice, one per core); on shared nodes "
                              "set it to the cores you were given")
-    add_job_options(parser, "each set's chunks are dealt round-robin",
+    add_job_options(parser, "the chunks of all sets are dealt round-robin",
                     merge="only merge finished partial arks (fails naming any chunk still missing)")
     add_common_options(parser)
     return parser
@@ -90,16 +93,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = load_config(ExtractConfig, args.config, args.override)
-    if not 0 <= args.job < args.num_jobs:
-        raise ConfigError(f"--job {args.job} --num_jobs {args.num_jobs}: the job index must be in 0 .. num_jobs-1")
+    JobShare(args.job, args.num_jobs, args.array_first)          # refuses a job outside 0 .. num_jobs-1
     pairs = set_pairs(args)
+    first_units = list(itertools.accumulate((count_chunks(data_dir, cfg) for data_dir, _ in pairs[:-1]), initial=0))
     if args.num_threads:
         import torch
 
         torch.set_num_threads(args.num_threads)
     model = SpeakerModelFile(args.model, args.device, cfg.bf16)
     complete = sum(extract_set(model, data_dir, out_dir, cfg, job=args.job, num_jobs=args.num_jobs,
-                               merge_only=args.merge) for data_dir, out_dir in pairs)
+                               merge_only=args.merge, first_unit=first_unit, array_first=args.array_first)
+                   for (data_dir, out_dir), first_unit in zip(pairs, first_units, strict=True))
     log.info("%d of %d set(s) complete", complete, len(pairs))
     return 0
 

@@ -7,7 +7,8 @@ utt2spk/spk2utt/trials and, with --materialize true, 16-bit audio plus a wav.scp
 is written and stage 5 mixes on the fly from the manifest (bit-identical to the materialised audio).
 
 A rerun skips finished conditions and chunks. Slurm arrays: run jobs 0..n-1 with --job i --num_jobs n;
-the last job to finish merges each condition (or run once more with --merge true).
+the (condition, chunk) pairs are dealt round-robin, so a small set still keeps one job per condition busy.
+The last job to finish merges each condition (or run once more with --merge true).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--audio_format", choices=AUDIO_FORMATS, default="wav",
                         help="container of materialised audio; both are lossless 16-bit PCM")
     parser.add_argument("--nj", type=positive_int, default=1, help="worker processes")
-    add_job_options(parser, "chunks are dealt round-robin",
+    add_job_options(parser, "(condition, chunk) pairs are dealt round-robin",
                     merge="only merge finished partial manifests (fails naming any job still missing)")
     add_common_options(parser)
     return parser
@@ -53,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_config(NoisySetConfig, args.config, args.override)
     dirs = make_noisy_sets(args.data, args.out_root, cfg, musan=args.musan, nonspeech=args.nonspeech,
                            set_name=args.set_name, materialize=args.materialize, audio_format=args.audio_format,
-                           nj=args.nj, job=args.job, num_jobs=args.num_jobs, merge_only=args.merge)
+                           nj=args.nj, job=args.job, num_jobs=args.num_jobs, merge_only=args.merge,
+                           array_first=args.array_first)
     log.info("%d condition dir(s) under %s", len(dirs), args.out_root)
     return 0
 

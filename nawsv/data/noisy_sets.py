@@ -19,8 +19,10 @@ Clipping policy: a mixture whose peak exceeds 16-bit full scale (32767/32768) is
 so that its peak is exactly full scale (speech and noise alike, so the SNR is unchanged); the scale and
 the number of samples that would have clipped are recorded in the manifest and summarised in the log.
 
-Work is cut into fixed chunks of ``chunk_size`` utterances; job ``i`` of ``n`` does chunks ``i, i+n, ...``
-and writes one partial manifest per (condition, chunk) under ``parts/``. When every chunk of a condition
+Work is cut into fixed chunks of ``chunk_size`` utterances; the units of work are (condition, chunk) pairs,
+numbered condition by condition and dealt round-robin (:mod:`nawsv.utils.jobs`), so even a one-chunk set keeps
+up to one job per condition busy. A job mixes its conditions of a chunk together (loading each clean utterance
+once) and writes one partial manifest per (condition, chunk) under ``parts/``. When every chunk of a condition
 is done (by whichever job finishes last, or by ``merge_only``) the parts are merged into the manifest.
 A rerun skips complete conditions and finished chunks; every file is written atomically.
 
@@ -48,6 +50,7 @@ from nawsv.data.kaldi import KaldiDir, read_kaldi_dir, read_table, require_utf8_
 from nawsv.data.noise_bank import NoiseBank
 from nawsv.utils.atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from nawsv.utils.errors import AudioError, ConfigError, DataError, ExperimentError
+from nawsv.utils.jobs import JobShare
 from nawsv.utils.lock import directory_lock
 from nawsv.utils.progress import progress
 from nawsv.utils.records import read_record
@@ -347,6 +350,10 @@ class _ConditionSet:
             return
         atomic_write_text(path, yaml.safe_dump(self.metadata[condition], sort_keys=False))
 
+    def unit(self, condition: Condition, chunk: int) -> int:
+        """The number of (condition, chunk) in the round-robin deal: condition by condition, then chunk."""
+        return self.conditions.index(condition) * len(self.chunks) + chunk
+
     def part(self, condition: Condition, chunk: int) -> Path:
         return _part_path(self.dirs[condition], chunk, len(self.chunks), self.cfg.chunk_size)
 
@@ -438,12 +445,11 @@ def make_noisy_sets(data_dir: str | Path, out_root: str | Path, cfg: NoisySetCon
                     musan: str | Path | None = None, nonspeech: str | Path | None = None,
                     set_name: str | None = None, materialize: bool = True,
                     audio_format: Literal["wav", "flac"] = "wav", nj: int = 1, job: int = 0, num_jobs: int = 1,
-                    merge_only: bool = False) -> list[Path]:
+                    merge_only: bool = False, array_first: int = 0) -> list[Path]:
     """Create (or complete) every condition of one test set; returns the condition directories."""
     if audio_format not in AUDIO_FORMATS:
         raise ConfigError(f"audio format {audio_format!r} is not one of {list(AUDIO_FORMATS)}")
-    if num_jobs < 1 or not 0 <= job < num_jobs:
-        raise ConfigError(f"--job {job} --num_jobs {num_jobs}: need num_jobs >= 1 and 0 <= job < num_jobs")
+    share = JobShare(job, num_jobs, array_first)
     clean_dir = Path(data_dir).resolve()
     out_root = Path(out_root).resolve()
     set_name = set_name or clean_dir.name
@@ -464,22 +470,23 @@ def make_noisy_sets(data_dir: str | Path, out_root: str | Path, cfg: NoisySetCon
         if not merge_only:                   # a merge-only run writes under the merge locks alone
             stack.enter_context(directory_lock(out_root, f"stage 2 job {job} of {num_jobs} for {set_name}",
                                                name=f".{set_name}.job-{job}-of-{num_jobs}.lock"))
-        _fill_conditions(sets, job, num_jobs, nj, merge_only)
+        _fill_conditions(sets, share, nj, merge_only)
     return [sets.dirs[c] for c in sets.conditions]
 
 
-def _fill_conditions(sets: _ConditionSet, job: int, num_jobs: int, nj: int, merge_only: bool) -> None:
+def _fill_conditions(sets: _ConditionSet, share: JobShare, nj: int, merge_only: bool) -> None:
     """Claim the condition dirs, mix this job's chunks, and merge every condition whose chunks are all done."""
     for condition in sets.conditions:
         sets.claim(condition)
     pending = [c for c in sets.conditions if not sets.complete(c)]
     log.info("%s: %d condition(s), %d already complete, %d utterances in %d chunk(s); job %d of %d",
              sets.clean_dir.name, len(sets.conditions), len(sets.conditions) - len(pending), len(sets.utts),
-             len(sets.chunks), job, num_jobs)
+             len(sets.chunks), share.job, share.num_jobs)
     if not merge_only:
         tasks = []
-        for chunk in range(job, len(sets.chunks), num_jobs):
-            todo = tuple((c, sets.dirs[c], sets.part(c, chunk)) for c in pending if not sets.part_done(c, chunk))
+        for chunk in range(len(sets.chunks)):
+            todo = tuple((c, sets.dirs[c], sets.part(c, chunk)) for c in pending
+                         if share.owns(sets.unit(c, chunk)) and not sets.part_done(c, chunk))
             if todo:
                 tasks.append(_Task(tuple(sets.chunks[chunk]), todo))
         plan = _Plan(sets.cfg.seed, sets.talkers, {n: str(b.root) for n, b in sets.banks.items()}, sets.materialize,
@@ -493,9 +500,9 @@ def _fill_conditions(sets: _ConditionSet, job: int, num_jobs: int, nj: int, merg
             if not waiting:
                 sets.merge(condition)
             elif merge_only:
-                raise DataError(f"{sets.dirs[condition]}: {len(waiting)} chunk(s) are not done yet (e.g. chunk "
-                                f"{waiting[0]}, owned by job {waiting[0] % num_jobs} of {num_jobs}); run the missing "
-                                f"jobs before merging")
+                owners = share.owners([sets.unit(condition, i) for i in waiting])
+                raise DataError(f"{sets.dirs[condition]}: {len(waiting)} chunk(s) are not done yet (first: chunk "
+                                f"{waiting[0]}), owned by {owners}; run them before merging")
             else:
                 log.info("%s: %d chunk(s) left to other jobs; the last job to finish merges",
                          sets.dirs[condition].name, len(waiting))

@@ -1,24 +1,24 @@
 """Stage 5 for one data dir: sharded, resumable extraction to ``xvector.{ark,scp}`` / ``xvector_seg.{ark,scp}``.
 
-Keys are sorted (C-locale code-point order) and cut into chunks of ``chunk_size``; job ``i`` of ``n`` does
-chunks ``i, i+n, ...``. Each chunk is embedded as a unit (batches never cross chunks, so any job split gives
-bit-identical values) and written as one partial ark per kind under ``parts/<fingerprint>/``, named by the
-chunk index and a hash of its keys: an existing part file is therefore a finished one (written atomically).
+Keys are sorted (C-locale code-point order) and cut into chunks of ``chunk_size``; the chunks of all sets of
+one command are numbered one after the other (``first_unit`` is the number of a set's chunk 0) and dealt
+round-robin (:mod:`nawsv.utils.jobs`), so sets smaller than ``chunk_size × n`` still share the jobs. Each
+chunk is embedded as a unit (batches never cross chunks, so any job split gives bit-identical values) and
+written as one partial ark per kind under ``parts/<fingerprint>/``, named by the chunk index and a hash of its
+keys: an existing part file is therefore a finished one (written atomically).
 When every chunk is done, whichever job gets there last (or ``--merge true``) concatenates the parts into
 the final ark/scp, under an exclusive lock, then removes ``parts/``. A set whose final scp covers exactly
 its keys, for the model and protocol recorded in ``extract_stamp.yaml``, is skipped.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import functools
 import hashlib
 import logging
 import shutil
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -31,7 +31,8 @@ from nawsv.extract.embedder import Embedder, resolve_device
 from nawsv.extract.loader import iterate_audio
 from nawsv.utils.atomic import atomic_write_text
 from nawsv.utils.errors import ConfigError, DataError
-from nawsv.utils.lock import directory_lock
+from nawsv.utils.jobs import JobShare
+from nawsv.utils.lock import directory_lock, file_lock
 from nawsv.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -115,17 +116,6 @@ def final_complete(out_dir: Path, kind: str, keys: Sequence[str]) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _merge_lock(out_dir: Path) -> Iterator[None]:
-    """Serialise merges of one set between jobs (blocking ``flock`` on the stamp, which never moves)."""
-    with open(out_dir / stamps.STAMP_NAME, "rb") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _plan(model: SpeakerModelFile, data_dir: Path, out_dir: Path, cfg: ExtractConfig,
           source: AudioSource) -> _SetPlan | None:
     """Claim ``out_dir`` for this model and protocol; None when every wanted output is already complete."""
@@ -190,45 +180,51 @@ def _merge(plan: _SetPlan) -> None:
     shutil.rmtree(plan.out_dir / "parts", ignore_errors=True)
 
 
+def count_chunks(data_dir: str | Path, cfg: ExtractConfig) -> int:
+    """Chunks of one data dir: what a set adds to the numbering of the units that jobs share."""
+    return -(-len(open_audio_source(Path(data_dir)).keys()) // cfg.chunk_size)
+
+
 def extract_set(model: SpeakerModelFile, data_dir: str | Path, out_dir: str | Path, cfg: ExtractConfig, *,
-                job: int = 0, num_jobs: int = 1, merge_only: bool = False) -> bool:
+                job: int = 0, num_jobs: int = 1, merge_only: bool = False, first_unit: int = 0,
+                array_first: int = 0) -> bool:
     """Extract (or complete, or merge) one data dir; True when its final outputs are complete afterwards.
 
-    Jobs of an array share ``out_dir``, but one job index runs once at a time: a second copy stops with an
-    error naming the first (``<out_dir>/.job-<i>-of-<n>.lock``).
+    Chunk ``c`` is unit ``first_unit + c`` of the command (the chunks of the sets before this one). Jobs of an
+    array share ``out_dir``, but one job index runs once at a time: a second copy stops with an error naming
+    the first (``<out_dir>/.job-<i>-of-<n>.lock``).
     """
-    if num_jobs < 1 or not 0 <= job < num_jobs:
-        raise ConfigError(f"--job {job} --num_jobs {num_jobs}: need num_jobs >= 1 and 0 <= job < num_jobs")
+    share = JobShare(job, num_jobs, array_first)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     require_utf8_path(out_dir.resolve(), "--out_dir", "xvector.scp names its ark by the absolute path")
     source = open_audio_source(data_dir)
     if merge_only:
-        return _extract_set(model, source, data_dir, out_dir, cfg, job, num_jobs, merge_only)
+        return _extract_set(model, source, data_dir, out_dir, cfg, share, first_unit, merge_only)
     with directory_lock(out_dir, f"stage 5 job {job} of {num_jobs}", name=f".job-{job}-of-{num_jobs}.lock"):
-        return _extract_set(model, source, data_dir, out_dir, cfg, job, num_jobs, merge_only)
+        return _extract_set(model, source, data_dir, out_dir, cfg, share, first_unit, merge_only)
 
 
 def _extract_set(model: SpeakerModelFile, source: AudioSource, data_dir: Path, out_dir: Path, cfg: ExtractConfig,
-                 job: int, num_jobs: int, merge_only: bool) -> bool:
+                 share: JobShare, first_unit: int, merge_only: bool) -> bool:
     plan = _plan(model, data_dir, out_dir, cfg, source)
     if plan is None:
         log.info("%s: embeddings already complete in %s; skipped", data_dir.name, out_dir)
         return True
-    mine = range(job, len(plan.chunks), num_jobs)
+    mine = [c for c in range(len(plan.chunks)) if share.owns(first_unit + c)]
     todo = [] if merge_only else [c for c in mine if not plan.chunk_done(c)]
     log.info("%s: %d utterances in %d chunk(s) (%s); job %d of %d: %d chunk(s) to do", data_dir.name,
-             len(plan.keys), len(plan.chunks), " + ".join(plan.kinds), job, num_jobs, len(todo))
+             len(plan.keys), len(plan.chunks), " + ".join(plan.kinds), share.job, share.num_jobs, len(todo))
     if todo:
         _run_chunks(model, cfg, plan, todo, source)
-    with _merge_lock(out_dir):
+    with file_lock(out_dir / stamps.STAMP_NAME):     # serialises merges of one set (the stamp never moves)
         if all(final_complete(out_dir, kind, plan.keys) for kind in plan.kinds):
             return True                   # another job merged the set while this one worked or waited
         waiting = [c for c in range(len(plan.chunks)) if not plan.chunk_done(c)]
         if waiting:
             if merge_only:
-                raise DataError(f"{out_dir}: {len(waiting)} chunk(s) are not extracted yet (e.g. chunk "
-                                f"{waiting[0]}, done by job {waiting[0] % num_jobs} of {num_jobs}); run the missing "
-                                f"jobs first")
+                owners = share.owners([first_unit + c for c in waiting])
+                raise DataError(f"{out_dir}: {len(waiting)} chunk(s) are not extracted yet (first: chunk "
+                                f"{waiting[0]}), owned by {owners}; run them before merging")
             log.info("%s: %d chunk(s) left to other jobs; the last job to finish merges", data_dir.name,
                      len(waiting))
             return False

@@ -69,12 +69,18 @@ def add_config_options(parser: argparse.ArgumentParser, config_help: str, exampl
 
 
 def add_job_options(parser: argparse.ArgumentParser, shares: str, merge: str | None = None) -> None:
-    """``--job i --num_jobs n`` (a Slurm array's share of the work) and, when given, ``--merge``."""
+    """``--job i --num_jobs n`` (a Slurm array's share of the work) and, when given, ``--merge``.
+
+    A stage that merges also takes ``--array_first``, so that its messages name the array index to rerun.
+    """
     parser.add_argument("--job", type=job_index, default=0, help="this job's index, 0 .. num_jobs-1")
     parser.add_argument("--num_jobs", type=positive_int, default=1,
                         help=f"number of jobs sharing the work (e.g. a Slurm array); {shares}")
     if merge:
         parser.add_argument("--merge", type=str2bool, default=False, help=merge)
+        parser.add_argument("--array_first", type=job_index, default=0,
+                            help="the Slurm array index of job 0 (tools/slurm sets it); messages about missing "
+                                 "parts then name the array index to rerun")
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:

@@ -1,5 +1,5 @@
-"""Faults on the output side, every stage: a read-only output directory, a full disk, and a second run in an
-output directory another run is writing.
+"""Faults on the output side, every stage: a read-only output directory, a full disk, a second run in an
+output directory another run is writing, and a file system without flock.
 
 Each stage is first run once successfully; then the fault is injected and the stage is rerun with work to do.
 Expected: one ``ERROR:`` line naming the path (and the fix), exit 2, every file that existed before byte- and
@@ -8,6 +8,9 @@ mtime-identical, no temporaries left behind; after the fault is gone the same re
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
+import os
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -157,6 +160,26 @@ def test_second_run_while_one_is_running(stage: str, env: dict, tmp_path: Path,
                                  str(run.lock))
         assert "wait for it to finish" in line
         assert run.existing() == before
+    rerun_succeeds(run, capsys)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_file_system_without_flock(stage: str, env: dict, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lustre without -o flock: the lock request fails (ENOLCK); the stage says so, and runs unlocked when told."""
+    run = STAGES[stage](tmp_path, env, capsys)
+    before = run.existing()
+
+    def refuse(handle, operation: int) -> None:
+        if operation & fcntl.LOCK_EX:
+            raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    line = assert_user_error(cli(run.main, run.argv, capsys), f"cannot lock {run.outputs}/", "No locks available",
+                             "NAWSV_FILE_LOCKING=false")
+    assert "mount it with flock support" in line
+    assert run.existing() == before and leftovers(run.outputs) == []
+    monkeypatch.setenv("NAWSV_FILE_LOCKING", "false")
     rerun_succeeds(run, capsys)
 
 
