@@ -160,7 +160,7 @@ def score_test_set(job: ScoreJob, cfg: ScoreConfig
                 if labels[name] is None:
                     continue
                 metrics = compute_metrics(scores, labels[name], cfg.p_targets, cfg.c_miss, cfg.c_fa,
-                                          source=f"{name} / {condition.name} / {method}")
+                                          source=f"{name} / {condition.name} / {method}", eer_method=cfg.eer)
                 rows.append(ResultRow(name, condition.set_name, condition.name, condition.category, condition.snr,
                                       method, len(scores), metrics.eer, metrics.min_dcf))
         log.info("scored %s", condition.set_name)
