@@ -15,8 +15,8 @@ from transformers import WavLMConfig, WavLMModel
 from nawsv.models.adapter import attach_adapters
 from nawsv.models.config import SSLConfig, num_frames
 from nawsv.models.masking import apply_spec_masks, span_mask, span_starts
-from nawsv.models.ssl import (build_student, build_student_from_state, build_teacher, encoder_state,
-                              load_encoder_state, save_encoder)
+from nawsv.models.ssl import (RELEASED_UNCOPIED, build_student, build_student_from_state, build_teacher,
+                              encoder_state, load_encoder_state, save_encoder)
 from nawsv.utils.errors import ConfigError, ExperimentError
 
 SMALL = dict(hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=128, conv_dim=[32] * 7,
@@ -208,8 +208,9 @@ def test_teacher_is_frozen_and_stays_in_eval_mode(post_ln_dir, wav):
         teacher(wav, mask=True, generator=torch.Generator())
 
 
-def test_hf_masking_and_layerdrop_never_fire(post_ln_dir, wav):
-    student = build_student(SSLConfig(pretrained=str(post_ln_dir), mask_time_prob=0.5, mask_feature_prob=0.5))
+def test_hf_masking_never_fires(post_ln_dir, wav):
+    student = build_student(SSLConfig(pretrained=str(post_ln_dir), mask_time_prob=0.5, mask_feature_prob=0.5,
+                                      layerdrop=0.0))
     assert student.wavlm.config.layerdrop == 0.0
     _no_dropout(student)
     student.train()
@@ -312,3 +313,101 @@ def test_random_init_is_labelled_seeded_and_leaves_global_rng_alone(caplog, wav)
         states = student(wav)
     assert states.shape == (2, 5, 37, 128)                    # tiny preset: 4 layers, 128 channels, 20 ms frames
     assert math.isclose(num_frames(48000), 149) and num_frames(96000) == 299
+
+
+def _repeated_states(states: torch.Tensor) -> list[int]:
+    """Indices k whose hidden state equals state k-1 exactly (a dropped layer), per utterance 0."""
+    return [k for k in range(1, states.shape[1]) if torch.equal(states[0, k], states[0, k - 1])]
+
+
+def test_layerdrop_defaults_to_the_checkpoint_value_and_acts_in_train_mode_only(post_ln_dir, wav):
+    assert build_student(SSLConfig(pretrained=str(post_ln_dir))).wavlm.config.layerdrop == pytest.approx(0.1)
+    student = build_student(SSLConfig(pretrained=str(post_ln_dir), layerdrop=0.5))
+    _no_dropout(student)
+    dropped: list[int] = []
+    with torch.no_grad():
+        for seed in range(24):
+            torch.manual_seed(seed)
+            states = student.train()(wav)
+            assert states.shape[1] == 4                  # 13 states for Base+: always L+1, dropped or not
+            dropped += _repeated_states(states)
+            assert _repeated_states(student.eval()(wav)) == []
+    assert 1 not in dropped                              # layer 1 is never dropped (HF's rule, as released)
+    assert 8 <= len(dropped) <= 40                       # 2 droppable layers x 24 draws at p = 0.5: 24 expected
+    torch.manual_seed(0)
+    with torch.no_grad():
+        assert _repeated_states(build_student(SSLConfig(pretrained=str(post_ln_dir), layerdrop=0.0)).train()(wav)) == []
+
+
+def test_dropped_layer_state_is_the_previous_one_and_the_rest_follow_from_it(post_ln_dir, wav):
+    student = build_student(SSLConfig(pretrained=str(post_ln_dir), layerdrop=0.5, zero_init_adapters=True))
+    _no_dropout(student)
+    with torch.no_grad():
+        for seed in range(40):
+            torch.manual_seed(seed)
+            states = student.train()(wav)
+            if _repeated_states(states) == [2]:          # layer 2 dropped, layer 3 ran on layer 1's output
+                break
+        else:
+            pytest.fail("no draw dropped exactly layer 2")
+        layer3 = student.wavlm.encoder.layers[2]
+        _, bias = student.wavlm.encoder.layers[0](states[:, 0])
+        expected = layer3(states[:, 2], position_bias=bias, index=2)[0]
+    torch.testing.assert_close(states[:, 3], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_released_partial_init_leaves_exactly_three_modules_uncopied(post_ln_dir, tmp_path, caplog):
+    trained = tmp_path / "trained"                   # every tensor away from its init value (LayerNorm 1/0 etc.)
+    shutil.copytree(post_ln_dir, trained)
+    generator = torch.Generator().manual_seed(3)
+    checkpoint = {k: v + 0.5 + torch.rand(v.shape, generator=generator) for k, v in _checkpoint(post_ln_dir).items()}
+    save_file(checkpoint, str(trained / "model.safetensors"))
+    post_ln_dir = trained
+    with caplog.at_level(logging.WARNING):
+        student = build_student(SSLConfig(pretrained=str(post_ln_dir), init="released_partial"))
+    assert "released_partial" in caplog.text
+    backbone = student.wavlm.state_dict()
+    differ = {key for key, value in checkpoint.items() if not torch.equal(backbone[key], value)}
+    uncopied = {key for key in checkpoint if key.startswith(RELEASED_UNCOPIED)}
+    assert differ == uncopied
+    assert {k.split(".")[0] + "." + k.split(".")[1] if k.startswith("encoder") else k for k in uncopied} == \
+        {"encoder.pos_conv_embed", "encoder.layer_norm", "masked_spec_embed"}
+    assert torch.equal(backbone["encoder.layer_norm.weight"], torch.ones(64))
+    assert torch.equal(backbone["encoder.layer_norm.bias"], torch.zeros(64))
+    assert 0.0 <= float(backbone["masked_spec_embed"].min()) and float(backbone["masked_spec_embed"].max()) < 1.0
+    assert build_teacher(SSLConfig(pretrained=str(post_ln_dir), init="released_partial")).wavlm.state_dict().keys() \
+        == checkpoint.keys()
+    teacher = build_teacher(SSLConfig(pretrained=str(post_ln_dir), init="released_partial")).wavlm.state_dict()
+    assert all(torch.equal(teacher[k], v) for k, v in checkpoint.items())   # the teacher is always complete
+
+
+def _autograd_nodes(root) -> set[str]:
+    seen, names, stack = set(), set(), [root]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    return names
+
+
+def test_frozen_backbone_never_backpropagates_through_the_cnn(post_ln_dir, wav):
+    student = build_student(SSLConfig(pretrained=str(post_ln_dir), layerdrop=0.0))
+    student.set_backbone_trainable(False)
+    student.train()
+    inputs = wav.clone()
+    states = student(inputs, mask=True, generator=torch.Generator().manual_seed(1))
+    nodes = _autograd_nodes(states.sum().grad_fn)
+    assert "ConvolutionBackward0" not in nodes           # neither the CNN nor the positional conv is in the graph
+    states.sum().backward()
+    assert not inputs.requires_grad and inputs.grad is None
+    assert all(p.grad is None for p in student.wavlm.feature_extractor.parameters())
+    assert all(p.grad is not None for p in student.adapter_parameters())
+    student.zero_grad(set_to_none=True)
+    student.set_backbone_trainable(True)
+    states = student(wav.clone(), mask=True, generator=torch.Generator().manual_seed(1))
+    assert "ConvolutionBackward0" in _autograd_nodes(states.sum().grad_fn)
+    states.sum().backward()
+    assert all(p.grad is not None for p in student.wavlm.feature_extractor.parameters())

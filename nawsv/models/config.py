@@ -31,6 +31,12 @@ PRESETS: dict[str, dict[str, Any]] = {
                       num_conv_pos_embedding_groups=16),
 }
 
+# How the student's backbone is initialised: "full" copies every pre-trained tensor (nawsv); "released_partial"
+# leaves the positional convolution, the encoder LayerNorm and the mask embedding at random init, as the authors'
+# code did (spec 2.5, 7.2-2). Only for comparing like with like against the released logs; never a default.
+INIT_MODES = {"full": "complete copy of the pre-trained model",
+              "released_partial": "pos_conv_embed, encoder.layer_norm, masked_spec_embed left random (released code)"}
+
 FRAME_STRIDE = 320            # samples per WavLM frame (20 ms at 16 kHz)
 RECEPTIVE_FIELD = 400         # samples seen by the first frame
 
@@ -58,12 +64,18 @@ class SSLConfig:
     mask_feature_prob: float = 0.05           # phase 1: 0.05 / 10; phase 2: 0 (no channel masking)
     mask_feature_length: int = 10
     mask_feature_min_masks: int = 0
+    layerdrop: float | None = None            # None: the checkpoint's (preset's) value, 0.05 for Base+; 0 disables
+    init: Literal["full", "released_partial"] = "full"   # released_partial: the released code's student (spec 2.5)
 
     def __post_init__(self) -> None:
         if self.pretrained is not None and not self.pretrained.strip():
             raise ValueError("pretrained must be a model directory or null (random init), not an empty string")
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        if self.layerdrop is not None and not 0.0 <= self.layerdrop < 1.0:
+            raise ValueError(f"layerdrop must lie in [0, 1) or be null (the checkpoint's value), got {self.layerdrop}")
+        if self.init not in INIT_MODES:
+            raise ValueError(f"init must be one of {list(INIT_MODES)}, got {self.init!r}")
         if self.adapter_dim < 1:
             raise ValueError(f"adapter_dim must be >= 1, got {self.adapter_dim}")
         for name in ("mask_time_prob", "mask_feature_prob"):

@@ -8,7 +8,12 @@ after its final LayerNorm (transformers 4.x convention; 5.x returns the un-norma
 The states are collected by our own hooks on the encoder layers, not by HF's output-capturing machinery (which
 changed in transformers 5), and the feature pipeline is driven here so that HF's SpecAugment never fires: the
 only masking is :func:`nawsv.models.masking.apply_spec_masks`, applied when ``mask=True`` with the caller's
-generator. LayerDrop is forced to 0 so that every state exists.
+generator. LayerDrop (``ssl.layerdrop``, by default the checkpoint's value) acts in train mode only, as in the
+released code: a dropped layer repeats the previous hidden state, so L+1 states always come back. Its draws use
+the global torch RNG, which the trainer seeds per step (exact resumption holds).
+
+While the CNN feature encoder is frozen it runs under ``no_grad``: HF marks its input as requiring grad in train
+mode, which would otherwise keep the CNN activations and back-propagate through a third of the forward pass.
 """
 from __future__ import annotations
 
@@ -51,8 +56,9 @@ class SSLEncoder(nn.Module):
         self.cfg = cfg
         self.frozen = frozen
         self.random_init = random_init
-        self._recorded: list[torch.Tensor] | None = None
+        self._recorded: dict[int, torch.Tensor] | None = None
         layers = wavlm.encoder.layers
+        self._layer_index = {id(layer): index for index, layer in enumerate(layers)}
         layers[0].register_forward_pre_hook(self._record_encoder_input, with_kwargs=True)
         for layer in layers:
             layer.register_forward_hook(self._record_layer_output)
@@ -80,6 +86,7 @@ class SSLEncoder(nn.Module):
             raise ValueError("the teacher is frozen for good; build a student to train WavLM weights")
         for param in self.wavlm.parameters():
             param.requires_grad_(trainable)
+        self.wavlm.feature_extractor._requires_grad = trainable
 
     def train(self, mode: bool = True) -> "SSLEncoder":
         """A frozen teacher stays in eval mode even when a parent module is put in train mode."""
@@ -98,41 +105,45 @@ class SSLEncoder(nn.Module):
         with grad:
             return self._hidden_states(wav, mask, generator)
 
+    def cnn_trainable(self) -> bool:
+        return any(param.requires_grad for param in self.wavlm.feature_extractor.parameters())
+
     def _hidden_states(self, wav: torch.Tensor, mask: bool, generator: torch.Generator | None) -> torch.Tensor:
-        features = self.wavlm.feature_extractor(wav).transpose(1, 2)
+        with contextlib.nullcontext() if self.cnn_trainable() else torch.no_grad():
+            features = self.wavlm.feature_extractor(wav).transpose(1, 2)
         hidden, _ = self.wavlm.feature_projection(features)
         if mask:
             hidden = apply_spec_masks(hidden, self.wavlm.masked_spec_embed, self.cfg, generator)
-        self._recorded = []
+        self._recorded = {}
         try:
             output = self.wavlm.encoder(hidden)
-            states = self._recorded
+            recorded = self._recorded
         finally:
             self._recorded = None
-        if len(states) != self.num_hidden_states:
-            raise RuntimeError(f"collected {len(states)} hidden states, expected {self.num_hidden_states} "
-                               f"(is layerdrop 0? got {self.wavlm.config.layerdrop})")
+        if 0 not in recorded:
+            raise RuntimeError("the encoder input was not recorded: the WavLM encoder layout is not the expected one")
+        states = [recorded[0]]
+        for index in range(1, self.num_hidden_states):
+            states.append(recorded.get(index, states[-1]))       # a dropped layer repeats the previous state
         states[-1] = output[0] if isinstance(output, tuple) else output.last_hidden_state
         return torch.stack(states, dim=1)
 
     def _record_encoder_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if self._recorded is not None and not self._recorded:
-            self._recorded.append(args[0] if args else kwargs["hidden_states"])
+            self._recorded[0] = args[0] if args else kwargs["hidden_states"]
 
     def _record_layer_output(self, module: nn.Module, args: tuple, output: Any) -> None:
         if self._recorded is not None:
-            self._recorded.append(output[0] if isinstance(output, tuple) else output)
+            self._recorded[self._layer_index[id(module)] + 1] = output[0] if isinstance(output, tuple) else output
 
 
-def _prepare_config(config: Any) -> Any:
-    """Switch off what must never run inside our encoders: LayerDrop and HF's own SpecAugment."""
+def _prepare_config(config: Any, layerdrop: float | None) -> Any:
+    """Set LayerDrop from ``ssl.layerdrop`` (None keeps the checkpoint's) and switch off HF's own SpecAugment."""
     if getattr(config, "add_adapter", False):
         raise ConfigError("the WavLM config has add_adapter=true (HF's seq2seq conv adapter); nawsv needs a plain "
                           "WavLMModel checkpoint such as microsoft/wavlm-base-plus")
-    if config.layerdrop:
-        log.info("WavLM config layerdrop %.3g is set to 0 (all hidden states are needed)",
-                 config.layerdrop)
-    config.layerdrop = 0.0
+    if layerdrop is not None:
+        config.layerdrop = float(layerdrop)
     config.apply_spec_augment = False
     return config
 
@@ -145,7 +156,7 @@ def _ensure_mask_embedding(wavlm: nn.Module) -> bool:
     return True
 
 
-def _load_pretrained(directory: str) -> nn.Module:
+def _load_pretrained(directory: str, layerdrop: float | None) -> nn.Module:
     """WavLMModel.from_pretrained with every checkpoint key accounted for (spec 7.2 bug 2)."""
     from transformers import WavLMConfig, WavLMModel
 
@@ -155,7 +166,7 @@ def _load_pretrained(directory: str) -> nn.Module:
                           f"download e.g. microsoft/wavlm-base-plus into a local folder and point to it, or set "
                           f"ssl.pretrained to null for a random-init model")
     try:
-        config = _prepare_config(WavLMConfig.from_pretrained(path, local_files_only=True))
+        config = _prepare_config(WavLMConfig.from_pretrained(path, local_files_only=True), layerdrop)
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"ssl.pretrained: {path}/config.json is not a usable WavLM config: {exc}") from None
     try:
@@ -224,13 +235,31 @@ def _build_wavlm(cfg: SSLConfig) -> nn.Module:
         if cfg.pretrained is None:
             log.warning("SSL encoder is RANDOM-INIT (preset %r, init_seed %d), not pre-trained WavLM weights: "
                         "results are only a pipeline check", cfg.preset, cfg.init_seed)
-            wavlm = WavLMModel(_prepare_config(WavLMConfig(**PRESETS[cfg.preset])))
+            wavlm = WavLMModel(_prepare_config(WavLMConfig(**PRESETS[cfg.preset]), cfg.layerdrop))
         else:
-            wavlm = _load_pretrained(cfg.pretrained)
+            wavlm = _load_pretrained(cfg.pretrained, cfg.layerdrop)
         if _ensure_mask_embedding(wavlm):
             log.warning("%s has no masked_spec_embed (its config disables masking); a new one is initialised",
                         cfg.pretrained or f"preset {cfg.preset}")
     return wavlm
+
+
+# The tensors the released student constructor never copied from the checkpoint (spec 2.5).
+RELEASED_UNCOPIED = ("encoder.pos_conv_embed.", "encoder.layer_norm.", "masked_spec_embed")
+
+
+def _reinit_released_partial(wavlm: nn.Module, seed: int) -> list[str]:
+    """Put the tensors of :data:`RELEASED_UNCOPIED` back to a fresh HF initialisation; returns their names."""
+    with _seeded(seed):
+        fresh = type(wavlm)(wavlm.config)
+        _ensure_mask_embedding(fresh)
+    own = wavlm.state_dict()
+    names = [name for name in own if name.startswith(RELEASED_UNCOPIED)]
+    with torch.no_grad():
+        for name, tensor in fresh.state_dict().items():
+            if name in names:
+                own[name].copy_(tensor)
+    return names
 
 
 def _student_from_wavlm(wavlm: nn.Module, cfg: SSLConfig, random_init: bool) -> SSLEncoder:
@@ -241,8 +270,18 @@ def _student_from_wavlm(wavlm: nn.Module, cfg: SSLConfig, random_init: bool) -> 
 
 
 def build_student(cfg: SSLConfig) -> SSLEncoder:
-    """Complete copy of the pre-trained WavLM (or seeded random init) plus one adapter per layer."""
-    return _student_from_wavlm(_build_wavlm(cfg), cfg, cfg.random_init)
+    """Complete copy of the pre-trained WavLM (or seeded random init) plus one adapter per layer.
+
+    ``cfg.init == "released_partial"`` reproduces the released student instead (some tensors left random).
+    """
+    wavlm = _build_wavlm(cfg)
+    log.info("student LayerDrop %.3g in train mode (%s)", wavlm.config.layerdrop,
+             "the checkpoint's value" if cfg.layerdrop is None else "ssl.layerdrop")
+    if cfg.init == "released_partial":
+        names = _reinit_released_partial(wavlm, cfg.init_seed + 2)
+        log.warning("ssl.init released_partial: %d tensors (%s) left at random init as in the released code, not "
+                    "copied from the checkpoint", len(names), ", ".join(p.rstrip(".") for p in RELEASED_UNCOPIED))
+    return _student_from_wavlm(wavlm, cfg, cfg.random_init)
 
 
 def build_teacher(cfg: SSLConfig) -> SSLEncoder:
@@ -279,7 +318,7 @@ def build_student_from_state(state: dict[str, Any], cfg: SSLConfig | None = None
                               f"{cfg.adapter_dim}; set ssl.adapter_dim: {saved.adapter_dim}")
     use = cfg or saved
     with _seeded(use.init_seed):
-        wavlm = WavLMModel(_prepare_config(WavLMConfig.from_dict(dict(state["wavlm_config"]))))
+        wavlm = WavLMModel(_prepare_config(WavLMConfig.from_dict(dict(state["wavlm_config"])), use.layerdrop))
         _ensure_mask_embedding(wavlm)
     model = _student_from_wavlm(wavlm, dataclasses.replace(use, adapter_dim=saved.adapter_dim),
                                 bool(state.get("random_init", False)))
