@@ -67,6 +67,16 @@ DIFFERENCES: tuple[Difference, ...] = (
                "a repeated 5-s piece (both are virtual: MUSAN is never copied)", "5.2, 5.3",
                (Switch("noisy", "musan_chunks", True, False),)
                + _each(("warmup", "finetune"), "augment.musan_chunks", True, False)),
+    Difference("LayerDrop of the checkpoint (0.05 for Base+) whenever the student is in train mode; a dropped "
+               "layer repeats the previous hidden state in the 13-state list",
+               "the same (`null` = the checkpoint's value; 0 turns it off)",
+               "no difference: it is the method as published (nawsv used to force 0)", "1, 2.5, 4.3",
+               _each(("warmup", "finetune"), "ssl.layerdrop", None, None)),
+    Difference("student's positional convolution, encoder LayerNorm and mask embedding left at random init",
+               "a complete copy of the pre-trained model (every key checked)",
+               "the released student lost pre-trained weights; reproduce it only to compare like with like with the "
+               "released logs (never a default)", "2.5, 7.2-2",
+               _each(("warmup", "finetune"), "ssl.init", "released_partial", "full")),
     Difference("RIR at unit energy, full convolution cut to the input length", "RIR aligned on its direct path, "
                "output re-levelled to the dry signal's power",
                "the released output is delayed by the RIR's onset and its level depends on the room", "2.3",
