@@ -136,3 +136,31 @@ def test_released_stage2_with_chunks_floor_and_clipping(tiny_corpus: dict[str, P
     files, on_the_fly = open_audio_source(materialised), open_audio_source(lazy)
     for key in files.keys():
         np.testing.assert_array_equal(files.load(key), on_the_fly.load(key))
+
+
+def test_best_test_epoch_is_a_separate_labelled_line(tmp_path: Path) -> None:
+    from nawsv.scoring.report import best_test_epoch_line
+    from nawsv.train.dev_metrics import read_dev_metrics, record_dev_metrics
+
+    finetune = tmp_path / "finetune"
+    finetune.mkdir()
+    for epoch, eer in ((1, 9.0), (2, 4.5), (3, 6.0)):
+        record_dev_metrics(finetune, epoch, "vox1_test/vox1_O", {"dev_eer": eer, "dev_mindcf_0.01": 0.5})
+    record_dev_metrics(finetune, 2, "vox1_test/vox1_O", {"dev_eer": 7.0, "dev_mindcf_0.01": 0.5})   # resumed epoch
+    assert [(r["epoch"], float(r["dev_eer"])) for r in read_dev_metrics(finetune)] == [("1", 9.0), ("2", 7.0),
+                                                                                        ("3", 6.0)]
+    [line, _] = best_test_epoch_line(tmp_path, "vox1_O", "vox1_test")
+    assert line.startswith("**Best epoch on the test trials (the paper's selection; optimistic):** EER 6.000 % at "
+                           "fine-tuning epoch 3 of the 3 evaluated")
+    assert best_test_epoch_line(tmp_path, "vox1_E", "vox1_all") == []      # a dev set that is not these trials
+
+
+def test_skip_category(tmp_path: Path) -> None:
+    from nawsv.bin.make_noisy_sets import main
+    from nawsv.utils.errors import ConfigError
+
+    base = ["--data", str(tmp_path), "--out_root", str(tmp_path)]
+    with pytest.raises(ConfigError, match="--skip_category speech: not among the config's categories"):
+        main(base + ["--skip_category", "speech"])
+    with pytest.raises(ConfigError, match="leaves no category"):
+        main(base + ["--override", "categories=[nonspeech]", "--skip_category", "nonspeech"])
