@@ -31,7 +31,7 @@ RELEASED = [("noisy", RECIPE_CONF / "released_noisy.yaml"), ("score", RECIPE_CON
     (stage, RECIPE_CONF / f"released_{corpus}_wavlm_base_plus_{stage}.yaml")
     for corpus in ("vox1", "vox2") for stage in ("warmup", "finetune")] + [
     ("finetune", RECIPE_CONF / "released_baseline_finetune.yaml")]
-NAWSV = [("noisy", ROOT / "conf" / "noisy.yaml"), ("score", ROOT / "conf" / "score.yaml")] + [
+NAWSV = [(stage, ROOT / "conf" / f"{stage}.yaml") for stage in STAGE_CLASSES] + [
     (stage, RECIPE_CONF / f"{corpus}_wavlm_base_plus_{stage}.yaml")
     for corpus in ("vox1", "vox2") for stage in ("warmup", "finetune")] + [
     ("finetune", RECIPE_CONF / "baseline_finetune.yaml")]

@@ -57,4 +57,3 @@ class DevEvaluator:
         labels = np.array([bool(t.target) for t in self.trials])
         metrics = compute_metrics(scores, labels, p_targets=(0.01,), source=self.name)
         return {"dev_eer": 100 * metrics.eer, "dev_mindcf_0.01": metrics.min_dcf[0.01]}
-
