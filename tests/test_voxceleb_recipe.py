@@ -452,6 +452,7 @@ def with_released_switches(stage: str, tiny: dict) -> dict:
 def test_unknown_vox1_layout_lists_what_was_looked_for(tmp_path: Path) -> None:
     corpora = {"vox1": tmp_path / "nothing", "musan": tmp_path, "rirs": tmp_path}
     corpora["vox1"].mkdir()
+    (corpora["vox1"] / "veri_test2.txt").write_text("1 id1/v/1.wav id1/v/2.wav\n", encoding="utf-8")
     proc = run_recipe(tmp_path, corpora, "--stage", "1", "--stop_stage", "1", nonspeech=False)
     assert proc.returncode != 0
     assert ("matches no VoxCeleb1 layout: looked for vox1_test_wav/wav (+ vox1_dev_wav/wav, the official zips) and "

@@ -23,6 +23,11 @@ die() { echo "egs/voxceleb stage 1: $*" >&2; exit 1; }
 for name in vox1_root musan_root rirs_root; do
   [ -n "${!name}" ] || die "--$name is required (see egs/voxceleb/README.md for the expected layout)"
 done
+if [ -z "$trials_dir" ]; then
+  trials_dir=$vox1_root
+  [ -f "$trials_dir/veri_test2.txt" ] || [ ! -f "$vox1_root/test/veri_test2.txt" ] || trials_dir=$vox1_root/test
+fi
+[ -f "$trials_dir/veri_test2.txt" ] || die "$trials_dir/veri_test2.txt (Vox1-O cleaned) not found; set --trials_dir"
 if [ -d "$vox1_root/vox1_test_wav/wav" ]; then          # the official zips
   vox1_dev=$vox1_root/vox1_dev_wav/wav vox1_test=$vox1_root/vox1_test_wav/wav
 elif [ -d "$vox1_root/test/wav" ]; then                  # WeSpeaker's data preparation (and egs/mini)
@@ -32,11 +37,6 @@ else
 official zips) and test/wav (+ dev/wav, WeSpeaker's data preparation)"
 fi
 [ -d "$vox1_dev" ] || die "$vox1_dev (the VoxCeleb1 dev tree beside $vox1_test) not found"
-if [ -z "$trials_dir" ]; then
-  trials_dir=$vox1_root
-  [ -f "$trials_dir/veri_test2.txt" ] || [ ! -f "$vox1_root/test/veri_test2.txt" ] || trials_dir=$vox1_root/test
-fi
-[ -f "$trials_dir/veri_test2.txt" ] || die "$trials_dir/veri_test2.txt (Vox1-O cleaned) not found; set --trials_dir"
 
 prep() { python -m nawsv.bin.prepare_data "$@" --config "$config" --override nj="$nj"; }
 
