@@ -158,11 +158,18 @@ def make_record(values: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
             "switches": dict(values), **extra}
 
 
-def write_stage_record(directory: str | Path, stage: str, cfg: Any) -> Path:
-    """Write ``<directory>/protocol.yaml`` for one stage's resolved config (atomically)."""
-    path = Path(directory) / RECORD_NAME
-    atomic_write_text(path, yaml.safe_dump(make_record(switch_values(stage, cfg), stages=[stage]), sort_keys=False))
+def write_record(path: str | Path, record: Mapping[str, Any]) -> Path:
+    """Write a record atomically; an unchanged one is left alone (a rerun touches no finished output)."""
+    path = Path(path)
+    text = yaml.safe_dump(dict(record), sort_keys=False)
+    if not (path.is_file() and path.read_bytes() == text.encode("utf-8")):
+        atomic_write_text(path, text)
     return path
+
+
+def write_stage_record(directory: str | Path, stage: str, cfg: Any) -> Path:
+    """Write ``<directory>/protocol.yaml`` for one stage's resolved config."""
+    return write_record(Path(directory) / RECORD_NAME, make_record(switch_values(stage, cfg), stages=[stage]))
 
 
 def read_protocol_record(path: str | Path) -> dict[str, Any] | None:

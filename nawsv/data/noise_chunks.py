@@ -10,6 +10,8 @@ augmentation, stage-2 synthesis and its manifests use either bank unchanged.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from nawsv.data.audio import SAMPLE_RATE, load_audio
@@ -103,7 +105,7 @@ class ChunkedNoiseBank:
         return load_audio(self.bank.path(key), key, start=start + offset, num_samples=num_samples)
 
 
-def open_noise_bank(path, musan_chunks: bool = False) -> NoiseBank | ChunkedNoiseBank:
+def open_noise_bank(path: str | Path, musan_chunks: bool = False) -> NoiseBank | ChunkedNoiseBank:
     """The bank dir at ``path``; with ``musan_chunks`` its released chunk index (spec 5.3)."""
     bank = NoiseBank.from_dir(path)
     return ChunkedNoiseBank(bank) if musan_chunks else bank

@@ -53,7 +53,7 @@ from nawsv.data.augment import (ADDITIVE_CATEGORIES, Bank, add_scaled, draw_nois
                                 talker_range)
 from nawsv.data.kaldi import KaldiDir, read_kaldi_dir, read_table, require_utf8_path, write_table
 from nawsv.data.noise_chunks import open_noise_bank
-from nawsv.protocol import RECORD_NAME, write_stage_record
+from nawsv.protocol import write_stage_record
 from nawsv.utils.atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from nawsv.utils.errors import AudioError, ConfigError, DataError, ExperimentError
 from nawsv.utils.lock import directory_lock
@@ -376,8 +376,7 @@ class _ConditionSet:
                                       f"delete it or choose another --out_root to keep both")
         else:
             atomic_write_text(path, yaml.safe_dump(self.metadata[condition], sort_keys=False))
-        if not (directory / RECORD_NAME).is_file():
-            write_stage_record(directory, "noisy", self.cfg)
+        write_stage_record(directory, "noisy", self.cfg)
 
     def part(self, condition: Condition, chunk: int) -> Path:
         return _part_path(self.dirs[condition], chunk, len(self.chunks), self.cfg.chunk_size)

@@ -11,12 +11,9 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
-
 from nawsv.extract.stamp import read_stamp
-from nawsv.protocol import RECORD_NAME, make_record, read_protocol_record, switch_values
+from nawsv.protocol import RECORD_NAME, make_record, read_protocol_record, switch_values, write_record
 from nawsv.scoring.config import ScoreConfig
-from nawsv.utils.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 TRAINING_STAGES = ("warmup", "finetune")
@@ -64,7 +61,5 @@ def experiment_record(exp_dir: Path, noisy_sets: Iterable[str], cfg: ScoreConfig
 
 
 def write_experiment_record(exp_dir: Path, record: dict[str, Any]) -> Path:
-    """``<exp>/protocol.yaml``, atomically."""
-    path = exp_dir / RECORD_NAME
-    atomic_write_text(path, yaml.safe_dump(record, sort_keys=False))
-    return path
+    """``<exp>/protocol.yaml`` (left alone when unchanged)."""
+    return write_record(exp_dir / RECORD_NAME, record)
