@@ -13,8 +13,8 @@ from typing import Sequence
 import numpy as np
 
 from nawsv.data.kaldi import printable_path
-from nawsv.scoring.conditions import CLEAN
 from nawsv.protocol import RECORD_NAME, read_protocol_record, summary_lines
+from nawsv.scoring.conditions import CLEAN
 from nawsv.scoring.config import ReportConfig, ScoreConfig
 from nawsv.scoring.metrics import EER_DESCRIPTIONS, det_curve
 from nawsv.scoring.paper_reference import (PAPER_CATEGORIES, PAPER_NUM_TRIALS, PAPER_RUNS, PAPER_SNRS, PAPER_TRIALS,

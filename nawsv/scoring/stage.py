@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from nawsv.data.kaldi import Trial, printable_path, read_table, read_trials
+from nawsv.protocol import summary_lines
 from nawsv.scoring.asnorm import (Cohort, asnorm_scores, cohort_statistics, effective_top_n, speaker_cohort,
                                   trial_rows)
 from nawsv.scoring.conditions import Condition, discover_conditions
@@ -24,7 +25,6 @@ from nawsv.scoring.config import ScoreConfig
 from nawsv.scoring.cosine import (TrialIndex, full_scores, index_trials, pair_scores, segment_directions,
                                   trial_labels, utterance_directions)
 from nawsv.scoring.embeddings import read_matrix_scp, read_vector_scp
-from nawsv.protocol import summary_lines
 from nawsv.scoring.metrics import compute_metrics
 from nawsv.scoring.provenance import experiment_record, write_experiment_record
 from nawsv.scoring.results import ResultRow, results_markdown, write_results_tsv
