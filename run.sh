@@ -30,6 +30,7 @@ train_set=              # training data dir name under $data (set by the recipe)
 test_sets=              # clean test set names under $data (set by the recipe)
 materialize_noisy=true  # stage 2: write noisy audio (true) or only manifests, mixed on the fly (false)
 noisy_test_sets=        # stage 2: test sets that get noisy copies (empty: all of test_sets)
+noisy_dir=              # stage 2: subfolder of $data for the noisy sets (empty: $data itself)
 job=0                   # stages 2 and 5: this job's index, 0 .. num_jobs-1 (a Slurm array task)
 num_jobs=1              # stages 2 and 5: jobs sharing the work
 merge=false             # stages 2 and 5: only merge what finished jobs wrote
@@ -38,6 +39,8 @@ pretrained=             # local Hugging Face WavLM dir (e.g. wavlm-base-plus); e
 skip_warmup=false       # baseline: no stage 3, stage 4 fine-tunes the pre-trained model directly
 warmup_config=warmup.yaml      # stage-3 config: a file name looked up in $conf, then $root/conf; or a path
 finetune_config=finetune.yaml  # stage-4 config (same lookup)
+noisy_config=noisy.yaml        # stage-2 config (same lookup)
+score_config=score.yaml        # stage-6 config (same lookup)
 dev_set=                # optional held-out dev set (with trials/) scored after every training epoch, for monitoring
 device=auto             # auto | cpu | cuda
 nproc=1                 # training processes per node (GPUs); > 1 launches torchrun
@@ -46,16 +49,18 @@ rdzv_endpoint=          # host:port of the rendezvous when nnodes > 1
 python=                 # interpreter; default: $root/.venv/bin/python (created by tools/install.sh)
 dry_run=false           # print the commands instead of running them
 recipe_options=         # recipe option names forwarded to local/prepare_data.sh (set in defaults.sh)
+recipe_switches=        # recipe option names read by its defaults.sh only (listed by --help)
 . "$recipe/defaults.sh"
 
 help_message="Usage: bash run.sh [--recipe egs/<name>] [--stage N] [--stop_stage M] [--option value ...]
 Stages: 1 data preparation, 2 noisy test sets, 3 NAW-SV warm-up, 4 fine-tuning, 5 embeddings, 6 scoring,
   7 report, 8 export."
 parse_options_names="recipe stage stop_stage data exp conf nj train_set test_sets materialize_noisy noisy_test_sets
-  job num_jobs merge array_first pretrained
-  skip_warmup warmup_config finetune_config dev_set device nproc nnodes rdzv_endpoint python dry_run $recipe_options"
+  noisy_dir job num_jobs merge array_first pretrained skip_warmup warmup_config finetune_config noisy_config
+  score_config dev_set device nproc nnodes rdzv_endpoint python dry_run $recipe_options $recipe_switches"
 . "$root/tools/parse_options.sh"
 [ $# -eq 0 ] || { echo "run.sh: unexpected argument '$1' (options are --name value)" >&2; exit 1; }
+noisy_root=$data${noisy_dir:+/$noisy_dir}
 
 if [ -z "$python" ]; then
   python=$root/.venv/bin/python
@@ -108,10 +113,15 @@ if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
 fi
 
 if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
-  echo "$(date +%T) stage 2: noisy test sets -> $data/<set>_<category>_<snr>"
+  echo "$(date +%T) stage 2: noisy test sets -> $noisy_root/<set>_<category>_<snr>"
+  nonspeech=(--nonspeech "$data/nonspeech")
+  if [ ! -f "$data/nonspeech/wav.scp" ] && [ "$dry_run" = false ]; then
+    echo "$(date +%T) stage 2: no nonspeech bank ($data/nonspeech): building the MUSAN conditions only"
+    nonspeech=(--skip_category nonspeech)
+  fi
   for set in ${noisy_test_sets:-$test_sets}; do
-    run python -m nawsv.bin.make_noisy_sets --config "$(config noisy.yaml)" --data "$data/$set" \
-      --out_root "$data" --musan "$data/musan_test" --nonspeech "$data/nonspeech" \
+    run python -m nawsv.bin.make_noisy_sets --config "$(config "$noisy_config")" --data "$data/$set" \
+      --out_root "$noisy_root" --musan "$data/musan_test" "${nonspeech[@]}" \
       --materialize "$materialize_noisy" --nj "$nj" --job "$job" --num_jobs "$num_jobs" --merge "$merge" \
       --array_first "$array_first"
   done
@@ -144,15 +154,21 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   # the AS-norm cohort (training set) needs whole-utterance embeddings only
   run python -m nawsv.bin.extract "${extract_args[@]}" --sets "$train_set" --override segments.enabled=false
   sets=($test_sets)
-  for set in ${noisy_test_sets:-$test_sets}; do sets+=("${set}_*_*"); done   # stage-2 conditions <set>_<cat>_<snr>
-  run python -m nawsv.bin.extract "${extract_args[@]}" --sets "${sets[@]}"
+  noisy_sets=()
+  for set in ${noisy_test_sets:-$test_sets}; do noisy_sets+=("${set}_*_*"); done   # stage-2 <set>_<cat>_<snr>
+  if [ "$noisy_root" = "$data" ]; then
+    run python -m nawsv.bin.extract "${extract_args[@]}" --sets "${sets[@]}" "${noisy_sets[@]}"
+  else
+    run python -m nawsv.bin.extract "${extract_args[@]}" --sets "${sets[@]}"
+    run python -m nawsv.bin.extract "${extract_args[@]}" --data_root "$noisy_root" --sets "${noisy_sets[@]}"
+  fi
 fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   echo "$(date +%T) stage 6: scoring -> $exp/results.md"
   score_sets=()
   for set in $test_sets; do score_sets+=(--test_set "$set"); done
-  run python -m nawsv.bin.score --config "$(config score.yaml)" --exp_dir "$exp" --data_dir "$data" \
+  run python -m nawsv.bin.score --config "$(config "$score_config")" --exp_dir "$exp" --data_dir "$data" \
     "${score_sets[@]}" --cohort_set "$train_set"
 fi
 

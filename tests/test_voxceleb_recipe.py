@@ -127,12 +127,14 @@ def build_corpora(root: Path, vox2: str | None = None) -> dict:
     return corpora
 
 
-def run_recipe(tmp_path: Path, corpora: dict, *args: str) -> subprocess.CompletedProcess:
+def run_recipe(tmp_path: Path, corpora: dict, *args: str, nonspeech: bool = True) -> subprocess.CompletedProcess:
     """egs/voxceleb/run.sh on the miniature corpora, data and exp under ``tmp_path``."""
     command = ["bash", str(RECIPE / "run.sh"), "--python", sys.executable, "--nj", "1",
                "--data", str(tmp_path / "data"), "--exp", str(tmp_path / "exp"),
                "--vox1_root", str(corpora["vox1"]), "--musan_root", str(corpora["musan"]),
-               "--rirs_root", str(corpora["rirs"]), "--nonspeech_root", str(corpora["nonspeech"]), *args]
+               "--rirs_root", str(corpora["rirs"]), *args]
+    if nonspeech:
+        command += ["--nonspeech_root", str(corpora["nonspeech"])]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path)
 
@@ -414,3 +416,81 @@ def test_stages_3_to_6_tiny_model(vox1_run, tmp_path: Path) -> None:
     assert ("vox1_O", "clean") in conditions and ("vox1_O", "babble_0") in conditions
     for row in rows:
         assert 0.0 <= float(row[header.index("eer_percent")]) <= 100.0
+    record = yaml.safe_load((exp / "protocol.yaml").read_text())
+    assert record["protocol"] == "nawsv" and "warmup.teacher_input" in record["differs_from_released"]
+    results = (exp / "results.md").read_text()
+    assert "Protocol: **nawsv** (stages recorded: noisy, warmup, finetune, score)." in results
+    assert "  - `warmup.teacher_input`: clean / noisy" in results and "(`eer: sweep`)" in results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --protocol released, WeSpeaker's VoxCeleb1 layout, no Nonspeech100
+
+
+def to_wespeaker_layout(vox1: Path) -> None:
+    """vox1_{dev,test}_wav/wav -> dev/wav and test/wav, as WeSpeaker's data preparation unpacks VoxCeleb1."""
+    for part in ("dev", "test"):
+        (vox1 / part).mkdir()
+        (vox1 / f"vox1_{part}_wav" / "wav").rename(vox1 / part / "wav")
+        (vox1 / f"vox1_{part}_wav").rmdir()
+
+
+def with_released_switches(stage: str, tiny: dict) -> dict:
+    """A tiny config with every switch of ``stage`` at its released value (from nawsv/protocol.py)."""
+    from nawsv.protocol import all_switches
+
+    config = yaml.safe_load(yaml.safe_dump(tiny))
+    for switch in all_switches([stage]):
+        *parents, leaf = switch.key.split(".")
+        node = config
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = switch.released
+    return config
+
+
+def test_unknown_vox1_layout_lists_what_was_looked_for(tmp_path: Path) -> None:
+    corpora = {"vox1": tmp_path / "nothing", "musan": tmp_path, "rirs": tmp_path}
+    corpora["vox1"].mkdir()
+    (corpora["vox1"] / "veri_test2.txt").write_text("1 id1/v/1.wav id1/v/2.wav\n", encoding="utf-8")
+    proc = run_recipe(tmp_path, corpora, "--stage", "1", "--stop_stage", "1", nonspeech=False)
+    assert proc.returncode != 0
+    assert ("matches no VoxCeleb1 layout: looked for vox1_test_wav/wav (+ vox1_dev_wav/wav, the official zips) and "
+            "test/wav (+ dev/wav, WeSpeaker's data preparation)") in proc.stderr
+
+
+@pytest.mark.slow
+def test_released_protocol_wespeaker_layout_without_nonspeech(tmp_path: Path) -> None:
+    corpora = build_corpora(tmp_path / "corpora")
+    to_wespeaker_layout(corpora["vox1"])
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    for name, content in (("released_vox1_wavlm_base_plus_warmup.yaml", with_released_switches("warmup", TINY_WARMUP)),
+                          ("released_vox1_wavlm_base_plus_finetune.yaml",
+                           with_released_switches("finetune", TINY_FINETUNE)),
+                          ("extract.yaml", TINY_EXTRACT)):
+        (conf / name).write_text(yaml.safe_dump(content), encoding="utf-8")
+    for name in ("released_noisy.yaml", "released_score.yaml", "prepare.yaml"):
+        (conf / name).write_bytes((RECIPE / "conf" / name).read_bytes())
+    exp = tmp_path / "exp_released"
+    proc = run_recipe(tmp_path, corpora, "--stage", "1", "--stop_stage", "7", "--protocol", "released",
+                      "--conf", str(conf), "--exp", str(exp), "--device", "cpu", nonspeech=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = tmp_path / "data"
+    assert sorted(read_kaldi_dir(data / "vox1_test").wav_scp) == sorted(corpora["test"])
+    assert not (data / "nonspeech").exists()
+    built = sorted(p.name for p in (data / "released").iterdir())
+    assert built == sorted(f"vox1_test_{c}_{s}" for c in CATEGORIES[:3] for s in SNRS)   # 15 MUSAN cells
+    assert not list(data.glob("vox1_test_*"))                                            # nothing of protocol nawsv
+    condition = yaml.safe_load((data / "released" / "vox1_test_noise_0" / "condition.yaml").read_text())
+    assert (condition["level_floor"], condition["musan_chunks"], condition["clipping"]) == (1e-4, True, "clip")
+    record = yaml.safe_load((exp / "protocol.yaml").read_text())
+    assert record["protocol"] == "released" and record["differs_from_released"] == {}
+    assert record["stages"] == ["noisy", "warmup", "finetune", "score"] and not record["missing"]
+    results = (exp / "results.md").read_text()
+    assert "Protocol: **released** (stages recorded: noisy, warmup, finetune, score)." in results
+    assert "Every recorded switch has the released code's value." in results
+    assert "(`eer: roc_interp`)" in results
+    assert "vox1_test: no nonspeech cells: stage 2 did not build them" in results
+    report = (exp / "report" / "report.md").read_text()
+    assert "Protocol: **released**" in report and "No nonspeech cells were built" in report

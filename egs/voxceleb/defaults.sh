@@ -1,17 +1,20 @@
 # Options of the VoxCeleb recipe (run.sh --name value). Sourced by the stage engine before option parsing,
 # so every variable set here is an option. Corpus roots have no default: nothing is hard-coded.
-vox1_root=              # holds vox1_dev_wav/wav/<spk>/<video>/<n>.wav and vox1_test_wav/wav/...
+vox1_root=              # holds vox1_dev_wav/wav/... and vox1_test_wav/wav/... (the official zips) or dev/wav/...
+                        # and test/wav/... (WeSpeaker's data preparation), <spk>/<video>/<n>.wav below
 vox2_root=              # holds dev/aac/<spk>/<video>/<n>.m4a (only for --train_corpus vox2)
 vox2_wav_dir=           # an already decoded Vox2 dev tree (<spk>/<video>/<n>.wav|.flac): skips the conversion
 vox2_flac_dir=          # where the one-time m4a -> 16 kHz FLAC conversion writes (default: <data>/audio/vox2_dev)
 musan_root=             # holds music/ noise/ speech/
 rirs_root=              # RIRS_NOISES (only simulated_rirs/ is used, as in the paper)
-nonspeech_root=         # the Nonspeech100 folder (n1.wav ... n100.wav)
+nonspeech_root=         # the Nonspeech100 folder (n1.wav ... n100.wav); optional: without it, no nonspeech cells
 trials_dir=             # folder with veri_test2.txt, list_test_all2.txt, list_test_hard2.txt and the uncleaned
                         # veri_test.txt, list_test_all.txt, list_test_hard.txt (default: <vox1_root>)
 train_corpus=vox1       # vox1: train on Vox1 dev, test Vox1-O; vox2: train on Vox2 dev, test Vox1-O/E/H
 train_shards=false      # also write tar shards of the training set (set data.list_type: shard to use them)
 skip_warmup=false       # true: the baseline, fine-tuning WavLM Base+ without the NAW-SV warm-up
+protocol=nawsv          # nawsv: nawsv's fixed version; released: every switch at the released code's value
+recipe_switches="protocol"   # read here only (not passed to local/prepare_data.sh)
 pretrained=${pretrained:-}   # local Hugging Face dir of microsoft/wavlm-base-plus (stages 3-4)
 recipe_options="vox1_root vox2_root vox2_wav_dir vox2_flac_dir musan_root rirs_root nonspeech_root trials_dir
   train_corpus train_shards"
@@ -26,12 +29,25 @@ for ((__vc_i = 0; __vc_i < ${#__vc_args[@]}; __vc_i++)); do
     --train_corpus=*|--train-corpus=*) train_corpus=${__vc_args[__vc_i]#*=} ;;
     --skip_warmup|--skip-warmup) skip_warmup=${__vc_args[__vc_i + 1]:-} ;;
     --skip_warmup=*|--skip-warmup=*) skip_warmup=${__vc_args[__vc_i]#*=} ;;
+    --protocol) protocol=${__vc_args[__vc_i + 1]:-} ;;
+    --protocol=*) protocol=${__vc_args[__vc_i]#*=} ;;
   esac
 done
 unset __vc_args __vc_i
 case "$skip_warmup" in
   true|false) ;;
   *) echo "egs/voxceleb: --skip_warmup takes true or false, got '$skip_warmup'" >&2; exit 1 ;;
+esac
+
+# The protocol picks the configs (released_*.yaml: every switch of nawsv/protocol.py at the released value), a
+# separate experiment dir and a separate folder for the noisy test sets, whose audio differs between protocols.
+case "$protocol" in
+  nawsv) prefix= suffix= ;;
+  released) prefix=released_ suffix=_released
+    noisy_dir=released
+    noisy_config=released_noisy.yaml
+    score_config=released_score.yaml ;;
+  *) echo "egs/voxceleb: --protocol must be nawsv or released, got '$protocol'" >&2; exit 1 ;;
 esac
 
 case "$train_corpus" in
@@ -44,11 +60,12 @@ case "$train_corpus" in
   *) echo "egs/voxceleb: --train_corpus must be vox1 or vox2, got '$train_corpus'" >&2; exit 1 ;;
 esac
 noisy_test_sets=vox1_test                                    # stage 2: test sets that get noisy copies
-warmup_config=${train_corpus}_wavlm_base_plus_warmup.yaml    # a file name is looked up in conf/, a path used as is
+warmup_config=${prefix}${train_corpus}_wavlm_base_plus_warmup.yaml   # a file name is looked up in conf/, a path as is
 if [ "$skip_warmup" = true ]; then
-  finetune_config=baseline_finetune.yaml
-  exp=$recipe/exp/${train_corpus}_baseline
+  finetune_config=${prefix}baseline_finetune.yaml
+  exp=$recipe/exp/${train_corpus}_baseline$suffix
 else
-  finetune_config=${train_corpus}_wavlm_base_plus_finetune.yaml
-  exp=$recipe/exp/${train_corpus}_nawsv
+  finetune_config=${prefix}${train_corpus}_wavlm_base_plus_finetune.yaml
+  exp=$recipe/exp/${train_corpus}_nawsv$suffix
 fi
+unset prefix suffix

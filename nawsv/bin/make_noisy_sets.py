@@ -13,6 +13,7 @@ The last job to finish merges each condition (or run once more with --merge true
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from nawsv.data.noisy_sets import AUDIO_FORMATS, NoisySetConfig, make_noisy_sets
 from nawsv.utils.cli import (StageParser, add_common_options, add_config_options, add_job_options, positive_int,
                             run_main, setup_logging, str2bool)
 from nawsv.utils.config import load_config
+from nawsv.utils.errors import ConfigError
 
 log = logging.getLogger("nawsv.bin.make_noisy_sets")
 
@@ -35,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--musan", type=Path,
                         help="MUSAN *test* half bank (data/musan_test); needed for noise, music and babble")
     parser.add_argument("--nonspeech", type=Path, help="Nonspeech100 bank (data/nonspeech); needed for nonspeech")
+    parser.add_argument("--skip_category", action="append", default=[], metavar="CATEGORY",
+                        help="leave a category of the config out (repeatable), e.g. nonspeech when no Nonspeech100 "
+                             "bank was prepared; results then say those cells were not built")
     parser.add_argument("--set_name", help="name used in the condition dirs (default: the --data folder name)")
     add_config_options(parser, "stage-2 YAML (conf/noisy.yaml); defaults apply when absent", "snrs=[0,10]")
     parser.add_argument("--materialize", type=str2bool, default=True,
@@ -52,6 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = load_config(NoisySetConfig, args.config, args.override)
+    if args.skip_category:
+        unknown = sorted(set(args.skip_category) - set(cfg.categories))
+        if unknown:
+            raise ConfigError(f"--skip_category {', '.join(unknown)}: not among the config's categories "
+                              f"{cfg.categories}")
+        kept = [c for c in cfg.categories if c not in args.skip_category]
+        if not kept:
+            raise ConfigError(f"--skip_category leaves no category of {cfg.categories} to build")
+        cfg = dataclasses.replace(cfg, categories=kept)
+        log.info("leaving out %s (--skip_category): building %s", ", ".join(args.skip_category), ", ".join(kept))
     dirs = make_noisy_sets(args.data, args.out_root, cfg, musan=args.musan, nonspeech=args.nonspeech,
                            set_name=args.set_name, materialize=args.materialize, audio_format=args.audio_format,
                            nj=args.nj, job=args.job, num_jobs=args.num_jobs, merge_only=args.merge,

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from nawsv.protocol import write_stage_record
 from nawsv.utils.cli import StageParser, add_common_options, add_config_options, run_main, setup_logging, str2bool
 from nawsv.utils.config import load_config, save_config
 from nawsv.utils.errors import ConfigError, ExperimentError, NawsvError
@@ -142,6 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise problem or ExperimentError(f"{args.exp_dir} is locked by another run")
             if ctx.is_main:
                 save_config(cfg, args.exp_dir, allow_change=args.force_config)
+                write_stage_record(args.exp_dir, args.task, cfg)
             final = args.exp_dir / FINAL[args.task]
             if broadcast_object(final.exists() if ctx.is_main else None):   # rank 0's view decides for all
                 log.info("%s exists: stage already finished (use a new --exp_dir to train again)", final)

@@ -3,8 +3,8 @@
 Level definition (used for every SNR in nawsv): the power of a signal is ``mean(x**2)`` over the whole
 signal, computed in float64, with no floor. The SNR of a mixture ``y = s + g*n`` is
 ``10*log10(P(s) / P(g*n))``; :func:`mix_at_snr` picks ``g`` so that it equals the target exactly (up to float
-rounding). The original recipe used ``10*log10(mean + 1e-4)``, which biases quiet signals (spec 2.2); nawsv
-does not.
+rounding). The released code used ``10*log10(mean + 1e-4)``, which biases quiet signals (spec 2.2);
+``level_floor: 1.0e-4`` reproduces it.
 
 Digital silence (power exactly 0) has no level to scale: :func:`mix_at_snr` raises
 :class:`SilentAudioError` for silent speech or noise. A drawn noise window that is silent is redrawn from
@@ -13,7 +13,12 @@ crop unchanged.
 
 Reverberation: the RIR is normalised to unit energy and aligned on its direct path (its largest
 magnitude), so the reverberant output is not delayed; the output has the input's length and is rescaled
-to the dry signal's power (so an RIR changes the timbre, not the level).
+to the dry signal's power (so an RIR changes the timbre, not the level). ``rir_mode: truncated`` is the
+released code's version (spec 2.3): unit-energy RIR, full convolution cut to the input length, no alignment
+and no level restoration.
+
+MUSAN draws: uniform over files, or (``musan_chunks``) uniform over the released 5-s pieces
+(:mod:`nawsv.data.noise_chunks`).
 
 Babble averages 3-6 distinct talkers (sample-wise mean, as the original); babble+music draws two
 independent SNRs, the music SNR measured against the babbled signal. Every random choice comes from the
@@ -24,12 +29,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 from scipy import signal
 
 from nawsv.data.noise_bank import NoiseBank
+from nawsv.data.noise_chunks import ChunkedNoiseBank
 from nawsv.utils.errors import AudioError, ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,9 @@ SOURCES_OF_TYPE = {"noise": ("noise",), "babble": ("babble",), "music": ("music"
                    "nonspeech": ("nonspeech",), "rir": ()}
 MAX_REDRAWS = 8
 DEFAULT_SNR = (0.0, 20.0)
+RELEASED_LEVEL_FLOOR = 1e-4                      # the released P_dB = 10*log10(mean(x^2) + 1e-4) (spec 2.2)
+RIR_MODES = ("aligned", "truncated")
+Bank = NoiseBank | ChunkedNoiseBank
 
 
 class SilentAudioError(AudioError):
@@ -58,14 +67,19 @@ def add_scaled(speech: np.ndarray, noise: np.ndarray, gain: float) -> np.ndarray
     return (speech.astype(np.float64) + gain * noise.astype(np.float64)).astype(np.float32)
 
 
-def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> tuple[np.ndarray, float]:
-    """Add ``noise`` scaled by ``gain`` so that ``10*log10(P(speech) / P(gain*noise)) == snr_db``."""
+def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float,
+               level_floor: float = 0.0) -> tuple[np.ndarray, float]:
+    """Add ``noise`` scaled by ``gain`` so that ``10*log10(P(speech) / P(gain*noise)) == snr_db``.
+
+    With a ``level_floor`` f the levels are 10*log10(P + f) and the gain is the released one,
+    sqrt(10^((P_dB(s) - P_dB(n) - snr) / 10)) (spec 2.2): a quiet signal counts as louder than it is.
+    """
     speech_power, noise_power = signal_power(speech), signal_power(noise)
     if speech_power == 0.0:
         raise SilentAudioError("speech is digital silence (power 0): an SNR relative to it is undefined")
     if noise_power == 0.0:
         raise SilentAudioError("noise is digital silence (power 0): it cannot be scaled to an SNR")
-    gain = math.sqrt(speech_power / (noise_power * 10.0 ** (snr_db / 10.0)))
+    gain = math.sqrt((speech_power + level_floor) / ((noise_power + level_floor) * 10.0 ** (snr_db / 10.0)))
     return add_scaled(speech, noise, gain), gain
 
 
@@ -88,7 +102,7 @@ def average_windows(windows: Sequence[np.ndarray]) -> np.ndarray:
     return total
 
 
-def draw_noise(bank: NoiseBank, category: str, num_samples: int, rng: np.random.Generator,
+def draw_noise(bank: Bank, category: str, num_samples: int, rng: np.random.Generator,
                count: int = 1) -> NoiseDraw:
     """``count`` distinct files of ``category`` at random offsets, averaged; silent draws are redrawn."""
     keys = bank.keys(category)
@@ -105,12 +119,12 @@ def draw_noise(bank: NoiseBank, category: str, num_samples: int, rng: np.random.
                            f"silence (last: {', '.join(chosen)}); remove silent files from the bank's wav.scp")
 
 
-def replay_noise(bank: NoiseBank, keys: Sequence[str], offsets: Sequence[int], num_samples: int) -> np.ndarray:
+def replay_noise(bank: Bank, keys: Sequence[str], offsets: Sequence[int], num_samples: int) -> np.ndarray:
     """The samples of a recorded :class:`NoiseDraw`, bit for bit."""
     return average_windows([bank.read_at(key, num_samples, offset) for key, offset in zip(keys, offsets, strict=True)])
 
 
-def talker_range(bank: NoiseBank, talkers: tuple[int, int]) -> tuple[int, int]:
+def talker_range(bank: Bank, talkers: tuple[int, int]) -> tuple[int, int]:
     """Babble talker counts this bank can supply: an error below the minimum, capped (with a warning) above."""
     available = len(bank.keys(ADDITIVE_CATEGORIES["babble"]))
     low, high = talkers
@@ -123,15 +137,20 @@ def talker_range(bank: NoiseBank, talkers: tuple[int, int]) -> tuple[int, int]:
     return low, min(high, available)
 
 
-def reverberate(speech: np.ndarray, rir: np.ndarray) -> np.ndarray:
-    """Convolve with the unit-energy RIR aligned on its direct path; same length and power as ``speech``."""
+def reverberate(speech: np.ndarray, rir: np.ndarray, mode: str = "aligned") -> np.ndarray:
+    """Convolve with the unit-energy RIR; ``aligned``: on its direct path, same power as ``speech``;
+    ``truncated``: the released version, the first ``len(speech)`` samples of the full convolution as they are."""
+    if mode not in RIR_MODES:
+        raise ValueError(f"unknown rir_mode {mode!r}; choose from {list(RIR_MODES)}")
     rir = np.asarray(rir, dtype=np.float64)
     energy = float(np.sum(rir * rir))
     if energy == 0.0:
         raise SilentAudioError("room impulse response is all zeros; remove it from the RIR bank")
     rir = rir / math.sqrt(energy)
-    direct = int(np.argmax(np.abs(rir)))
     dry = np.asarray(speech, dtype=np.float64)
+    if mode == "truncated":
+        return signal.oaconvolve(dry, rir)[:dry.size].astype(np.float32)
+    direct = int(np.argmax(np.abs(rir)))
     wet = signal.oaconvolve(dry, rir)[direct:direct + dry.size]
     dry_power, wet_power = signal_power(dry), signal_power(wet)
     if dry_power == 0.0 or wet_power == 0.0:
@@ -155,8 +174,15 @@ class AugmentConfig:
     types: dict[str, float] = dataclasses.field(default_factory=_default_types)   # type -> relative weight
     snr: dict[str, tuple[float, float]] = dataclasses.field(default_factory=_default_snr)  # uniform SNR range, dB
     babble_talkers: tuple[int, int] = (3, 6)       # distinct talkers per babble, uniform integer in [lo, hi]
+    level_floor: float = 0.0                       # added to mean(x^2) in every level; released: 1e-4 (spec 2.2)
+    musan_chunks: bool = False                     # draw uniformly over the released 5-s MUSAN pieces (spec 5.3)
+    rir_mode: Literal["aligned", "truncated"] = "aligned"   # truncated: the released RIR path (spec 2.3)
 
     def __post_init__(self) -> None:
+        if self.level_floor < 0 or not math.isfinite(self.level_floor):
+            raise ValueError(f"level_floor must be a finite value >= 0, got {self.level_floor}")
+        if self.rir_mode not in RIR_MODES:
+            raise ValueError(f"rir_mode must be one of {list(RIR_MODES)}, got {self.rir_mode!r}")
         if not 0.0 <= self.prob <= 1.0:
             raise ValueError(f"prob must lie in [0, 1], got {self.prob}")
         unknown = sorted(set(self.types) - set(AUGMENT_TYPES))
@@ -199,6 +225,8 @@ class Augmenter:
     def __init__(self, cfg: AugmentConfig, musan: NoiseBank | None, rirs: NoiseBank | None,
                  nonspeech: NoiseBank | None = None) -> None:
         self.cfg = cfg
+        if cfg.musan_chunks and isinstance(musan, NoiseBank):
+            musan = ChunkedNoiseBank(musan)
         active = {name: weight for name, weight in cfg.types.items() if weight > 0 and cfg.prob > 0}
         self._kinds = tuple(sorted(active))
         total = sum(active.values())
@@ -236,12 +264,12 @@ class Augmenter:
             return x.astype(np.float32, copy=True), Augmentation("clean (silent input)")
         if kind == "rir":
             key = self._rir_keys[int(rng.integers(len(self._rir_keys)))]
-            return reverberate(x, self._rirs.read(key)), Augmentation(kind, (key,), (0,))
+            return reverberate(x, self._rirs.read(key), self.cfg.rir_mode), Augmentation(kind, (key,), (0,))
         y, keys, offsets, snrs = x, (), (), ()
         for source in SOURCES_OF_TYPE[kind]:
             count = int(rng.integers(self._talkers[0], self._talkers[1] + 1)) if source == "babble" else 1
             draw = draw_noise(self._banks[source], ADDITIVE_CATEGORIES[source], x.size, rng, count)
             snr = float(rng.uniform(*self.cfg.snr[source]))
-            y, _ = mix_at_snr(y, draw.samples, snr)
+            y, _ = mix_at_snr(y, draw.samples, snr, self.cfg.level_floor)
             keys, offsets, snrs = keys + draw.keys, offsets + draw.offsets, snrs + (snr,)
         return y, Augmentation(kind, keys, offsets, snrs)

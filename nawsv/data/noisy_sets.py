@@ -18,6 +18,12 @@ no floor). A condition directory ``<out_root>/<set>_<category>_<snr>/`` holds:
 Clipping policy: a mixture whose peak exceeds 16-bit full scale (32767/32768) is scaled down as a whole
 so that its peak is exactly full scale (speech and noise alike, so the SNR is unchanged); the scale and
 the number of samples that would have clipped are recorded in the manifest and summarised in the log.
+``clipping: clip`` is the released behaviour (no level control: samples beyond full scale saturate when
+written as 16-bit; the count is still recorded).
+
+Released-code switches that define the audio (and are recorded in ``condition.yaml``): ``level_floor``
+(1e-4: the released level definition), ``musan_chunks`` (draw over the released 5-s MUSAN pieces) and
+``clipping``.
 
 Work is cut into fixed chunks of ``chunk_size`` utterances; the units of work are (condition, chunk) pairs,
 numbered condition by condition and dealt round-robin (:mod:`nawsv.utils.jobs`), so even a one-chunk set keeps
@@ -45,9 +51,11 @@ import numpy as np
 import yaml
 
 from nawsv.data.audio import load_audio, write_audio
-from nawsv.data.augment import ADDITIVE_CATEGORIES, add_scaled, draw_noise, mix_at_snr, replay_noise, talker_range
+from nawsv.data.augment import (ADDITIVE_CATEGORIES, Bank, add_scaled, draw_noise, mix_at_snr, replay_noise,
+                                talker_range)
 from nawsv.data.kaldi import KaldiDir, read_kaldi_dir, read_table, require_utf8_path, write_table
-from nawsv.data.noise_bank import NoiseBank
+from nawsv.data.noise_chunks import open_noise_bank
+from nawsv.protocol import write_stage_record
 from nawsv.utils.atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from nawsv.utils.errors import AudioError, ConfigError, DataError, ExperimentError
 from nawsv.utils.jobs import JobShare
@@ -67,6 +75,9 @@ FULL_SCALE = 32767 / 32768
 AUDIO_FORMATS = ("wav", "flac")
 COPIED_TABLES = ("utt2spk", "spk2utt", "utt2dur")
 MERGE_LOCK = ".merge.lock"
+CLIPPING = ("rescale", "clip")
+# condition.yaml keys added with the released-code switches, and the value a record written before them meant
+LEGACY_DEFAULTS = {"level_floor": 0.0, "clipping": "rescale", "musan_chunks": False}
 
 
 def _default_categories() -> list[str]:
@@ -86,8 +97,15 @@ class NoisySetConfig:
     snrs: list[float] = dataclasses.field(default_factory=_default_snrs)           # dB, one condition each
     babble_talkers: tuple[int, int] = (3, 6)        # distinct MUSAN speech files averaged per babble
     chunk_size: int = 200                           # utterances per unit of work (resume granularity)
+    level_floor: float = 0.0                        # added to mean(x^2) in every level; released: 1e-4
+    musan_chunks: bool = False                      # MUSAN drawn over the released 5-s / 3-s-hop pieces
+    clipping: Literal["rescale", "clip"] = "rescale"   # clip: the released behaviour (saturate at full scale)
 
     def __post_init__(self) -> None:
+        if self.level_floor < 0 or not math.isfinite(self.level_floor):
+            raise ValueError(f"level_floor must be a finite value >= 0, got {self.level_floor}")
+        if self.clipping not in CLIPPING:
+            raise ValueError(f"clipping must be one of {list(CLIPPING)}, got {self.clipping!r}")
         unknown = [c for c in self.categories if c not in CATEGORY_BANKS]
         if unknown:
             raise ValueError(f"unknown noise categor(ies) {unknown}; choose from {list(CATEGORY_BANKS)}")
@@ -178,11 +196,12 @@ def read_manifest(path: str | Path) -> list[ManifestRow]:
     return [ManifestRow.parse(line, f"{path}:{number}") for number, line in enumerate(lines[1:], 2)]
 
 
-def peak_scale(mixture: np.ndarray) -> tuple[float, int]:
-    """The scale that brings the peak down to full scale (1.0 when it fits) and the count of clipping samples."""
+def peak_scale(mixture: np.ndarray, clipping: str = "rescale") -> tuple[float, int]:
+    """The scale that brings the peak down to full scale (1.0 when it fits, or with ``clipping: clip``) and the
+    count of samples beyond full scale."""
     magnitude = np.abs(mixture.astype(np.float64))
     clipped = int(np.count_nonzero(magnitude > FULL_SCALE))
-    return (FULL_SCALE / float(magnitude.max()) if clipped else 1.0), clipped
+    return (FULL_SCALE / float(magnitude.max()) if clipped and clipping == "rescale" else 1.0), clipped
 
 
 def to_pcm16(mixture: np.ndarray, scale: float) -> np.ndarray:
@@ -196,23 +215,24 @@ def pcm16_to_float(pcm: np.ndarray) -> np.ndarray:
     return pcm.astype(np.float32) / np.float32(32768.0)
 
 
-def synthesize(speech: np.ndarray, utt: str, clean_path: str, condition: Condition, bank: NoiseBank, seed: int,
-               talkers: tuple[int, int]) -> tuple[np.ndarray, ManifestRow]:
+def synthesize(speech: np.ndarray, utt: str, clean_path: str, condition: Condition, bank: Bank, seed: int,
+               talkers: tuple[int, int], level_floor: float = 0.0,
+               clipping: str = "rescale") -> tuple[np.ndarray, ManifestRow]:
     """Mix one utterance for one condition; returns the 16-bit samples and the manifest row."""
     rng = rng_for(seed, condition.name, utt)
     count = int(rng.integers(talkers[0], talkers[1] + 1)) if condition.category == "babble" else 1
     try:
         draw = draw_noise(bank, ADDITIVE_CATEGORIES[condition.category], speech.size, rng, count)
-        mixture, gain = mix_at_snr(speech, draw.samples, condition.snr_db)
+        mixture, gain = mix_at_snr(speech, draw.samples, condition.snr_db, level_floor)
     except AudioError as exc:
         raise AudioError(f"utterance {utt!r} ({clean_path}), condition {condition.name}: {exc}") from None
-    scale, clipped = peak_scale(mixture)
+    scale, clipped = peak_scale(mixture, clipping)
     row = ManifestRow(utt, clean_path, condition.category, condition.snr_db, draw.keys, draw.offsets, gain, scale,
                       clipped)
     return to_pcm16(mixture, scale), row
 
 
-def render(speech: np.ndarray, bank: NoiseBank, row: ManifestRow) -> np.ndarray:
+def render(speech: np.ndarray, bank: Bank, row: ManifestRow) -> np.ndarray:
     """Rebuild the 16-bit samples of a manifest row (same arithmetic as :func:`synthesize`)."""
     noise = replay_noise(bank, row.noise_keys, row.offsets, speech.size)
     return to_pcm16(add_scaled(speech, noise, row.gain), row.peak_scale)
@@ -247,6 +267,9 @@ class _Plan:
     bank_dirs: dict[str, str]
     materialize: bool
     audio_format: str
+    level_floor: float = 0.0
+    musan_chunks: bool = False
+    clipping: str = "rescale"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,7 +285,8 @@ class _Worker:
 
     def __init__(self, plan: _Plan) -> None:
         self.plan = plan
-        self.banks = {name: NoiseBank.from_dir(path) for name, path in plan.bank_dirs.items()}
+        self.banks = {name: open_noise_bank(path, plan.musan_chunks and name == "musan")
+                      for name, path in plan.bank_dirs.items()}
 
     def run(self, task: _Task) -> None:
         rows: dict[Condition, list[ManifestRow]] = {c: [] for c, _, _ in task.conditions}
@@ -270,7 +294,8 @@ class _Worker:
             speech = load_audio(clean_path, utt)
             for condition, directory, _ in task.conditions:
                 bank = self.banks[CATEGORY_BANKS[condition.category]]
-                pcm, row = synthesize(speech, utt, clean_path, condition, bank, self.plan.seed, self.plan.talkers)
+                pcm, row = synthesize(speech, utt, clean_path, condition, bank, self.plan.seed, self.plan.talkers,
+                                      self.plan.level_floor, self.plan.clipping)
                 if self.plan.materialize:
                     write_audio(_audio_path(directory, utt, self.plan.audio_format), pcm)
                 rows[condition].append(row)
@@ -318,7 +343,7 @@ class _ConditionSet:
     """The output directories of one test set and the bookkeeping of which parts are done."""
 
     def __init__(self, clean_dir: Path, clean: KaldiDir, out_root: Path, set_name: str, cfg: NoisySetConfig,
-                 banks: dict[str, NoiseBank], talkers: tuple[int, int], materialize: bool, audio_format: str) -> None:
+                 banks: dict[str, Bank], talkers: tuple[int, int], materialize: bool, audio_format: str) -> None:
         self.clean_dir, self.clean, self.cfg = clean_dir, clean, cfg
         self.materialize, self.audio_format = materialize, audio_format
         self.banks, self.talkers = banks, talkers
@@ -329,11 +354,15 @@ class _ConditionSet:
         self.dirs = {c: out_root / f"{set_name}_{c.name}" for c in self.conditions}
         self.metadata = {c: self._metadata(c, banks, talkers) for c in self.conditions}
 
-    def _metadata(self, condition: Condition, banks: dict[str, NoiseBank], talkers: tuple[int, int]) -> dict:
+    def _metadata(self, condition: Condition, banks: dict[str, Bank], talkers: tuple[int, int]) -> dict:
         data = {"seed": self.cfg.seed, "category": condition.category, "snr_db": condition.snr_db}
         if condition.category == "babble":
             data["babble_talkers"] = list(talkers)
         data["noise_bank"] = str(banks[CATEGORY_BANKS[condition.category]].root)
+        data["level_floor"] = self.cfg.level_floor
+        data["clipping"] = self.cfg.clipping
+        if CATEGORY_BANKS[condition.category] == "musan":
+            data["musan_chunks"] = self.cfg.musan_chunks
         return data
 
     def claim(self, condition: Condition) -> None:
@@ -341,14 +370,16 @@ class _ConditionSet:
         directory = self.dirs[condition]
         path = directory / CONDITION_NAME
         if path.exists():
-            old = read_condition(directory)
-            if old != self.metadata[condition]:
+            new = self.metadata[condition]
+            old = {**{k: v for k, v in LEGACY_DEFAULTS.items() if k in new}, **read_condition(directory)}
+            if old != new:
                 changed = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in self.metadata[condition].items()
                            if old.get(k) != v]
                 raise ExperimentError(f"{directory} was made with a different definition ({'; '.join(changed)}); "
                                       f"delete it or choose another --out_root to keep both")
-            return
-        atomic_write_text(path, yaml.safe_dump(self.metadata[condition], sort_keys=False))
+        else:
+            atomic_write_text(path, yaml.safe_dump(self.metadata[condition], sort_keys=False))
+        write_stage_record(directory, "noisy", self.cfg)
 
     def unit(self, condition: Condition, chunk: int) -> int:
         """The number of (condition, chunk) in the round-robin deal: condition by condition, then chunk."""
@@ -410,7 +441,11 @@ class _ConditionSet:
         write_manifest(directory / MANIFEST_NAME, rows)
         shutil.rmtree(directory / "parts", ignore_errors=True)
         rescaled = [r for r in rows if r.clipped_samples]
-        if rescaled:
+        if rescaled and self.cfg.clipping == "clip":
+            log.warning("%s: %d of %d utterances clip (%d samples saturate at full scale: clipping: clip, the "
+                        "released behaviour; recorded in manifest.tsv)", directory.name, len(rescaled), len(rows),
+                        sum(r.clipped_samples for r in rescaled))
+        elif rescaled:
             log.warning("%s: %d of %d utterances would clip (%d samples); peak-normalised to full scale, scale "
                         "down to %.3f (recorded in manifest.tsv)", directory.name, len(rescaled), len(rows),
                         sum(r.clipped_samples for r in rescaled), min(r.peak_scale for r in rescaled))
@@ -456,7 +491,8 @@ def make_noisy_sets(data_dir: str | Path, out_root: str | Path, cfg: NoisySetCon
     if materialize:
         require_utf8_path(out_root / set_name, "--out_root", "wav.scp would have to name the noisy audio files there")
     clean = read_kaldi_dir(clean_dir)
-    banks = {name: NoiseBank.from_dir(path) for name, path in _bank_dirs(cfg, musan, nonspeech).items()}
+    banks = {name: open_noise_bank(path, cfg.musan_chunks and name == "musan")
+             for name, path in _bank_dirs(cfg, musan, nonspeech).items()}
     for category in cfg.categories:
         bank = banks[CATEGORY_BANKS[category]]
         commas = [k for k in bank.keys(ADDITIVE_CATEGORIES[category]) if "," in k]
@@ -490,7 +526,7 @@ def _fill_conditions(sets: _ConditionSet, share: JobShare, nj: int, merge_only: 
             if todo:
                 tasks.append(_Task(tuple(sets.chunks[chunk]), todo))
         plan = _Plan(sets.cfg.seed, sets.talkers, {n: str(b.root) for n, b in sets.banks.items()}, sets.materialize,
-                     sets.audio_format)
+                     sets.audio_format, sets.cfg.level_floor, sets.cfg.musan_chunks, sets.cfg.clipping)
         _run_tasks(tasks, plan, nj)
     for condition in pending:
         with directory_lock(sets.dirs[condition], "stage 2 merge", name=MERGE_LOCK, wait=True):

@@ -6,35 +6,41 @@ the same batches; a rank takes its contiguous share of each global batch.
 from __future__ import annotations
 
 from collections import deque
+from typing import Sequence
 
 import numpy as np
 
 from nawsv.utils.errors import ConfigError
 from nawsv.utils.seeding import rng_for
 
+PAIR_CLASH = ("defer", "drop")
 
-def speaker_pair_batches(labels: np.ndarray, speakers_per_batch: int, max_utts_per_speaker: int,
-                         seed: int, epoch: int) -> list[list[tuple[int, int]]]:
-    """Global warm-up batches: ``speakers_per_batch`` pairs of same-speaker utterances, all speakers distinct.
 
-    Per speaker the utterances are shuffled, capped at ``max_utts_per_speaker`` (rounded down to even) and cut
-    into pairs; pairs are shuffled and packed greedily into batches with distinct speakers. Unlike the original
-    sampler (which dropped a pair whose speaker was already in the batch) a clashing pair waits for the next
-    batch, so more of the data is used. The last incomplete batch is dropped.
-    """
+def shuffled_pairs(labels: np.ndarray, max_utts_per_speaker: int, seed: int,
+                   epoch: int) -> list[tuple[int, int, int]]:
+    """(speaker, utt1, utt2) pairs in the epoch's order: per speaker the utterances are shuffled, capped at
+    ``max_utts_per_speaker`` (rounded down to even) and cut into pairs; then all pairs are shuffled."""
     rng = rng_for(seed, "pairs", epoch)
     by_speaker: dict[int, list[int]] = {}
     for index, label in enumerate(labels.tolist()):
         by_speaker.setdefault(label, []).append(index)
-    if len(by_speaker) < speakers_per_batch:
-        raise ConfigError(f"speakers_per_batch={speakers_per_batch} but the training list has only "
-                          f"{len(by_speaker)} speakers; lower speakers_per_batch")
     pairs: list[tuple[int, int, int]] = []
     for label in sorted(by_speaker):
         utts = rng.permutation(by_speaker[label])[:max_utts_per_speaker]
         usable = len(utts) - len(utts) % 2
         pairs += [(label, int(utts[i]), int(utts[i + 1])) for i in range(0, usable, 2)]
-    order = rng.permutation(len(pairs))
+    return [pairs[i] for i in rng.permutation(len(pairs))]
+
+
+def pack_pairs(pairs: Sequence[tuple[int, int, int]], speakers_per_batch: int,
+               clash: str = "defer") -> list[list[tuple[int, int]]]:
+    """Pack ordered pairs greedily into batches of distinct speakers; the last incomplete batch is dropped.
+
+    A pair whose speaker is already in the batch waits for the next batch (``defer``), so more of the data
+    is used; the released sampler (``drop``, spec 3.1) dropped it.
+    """
+    if clash not in PAIR_CLASH:
+        raise ConfigError(f"unknown pair_clash {clash!r}; choose from {list(PAIR_CLASH)}")
     batches: list[list[tuple[int, int]]] = []
     batch: list[tuple[int, int]] = []
     present: set[int] = set()
@@ -59,14 +65,25 @@ def speaker_pair_batches(labels: np.ndarray, speakers_per_batch: int, max_utts_p
             present.clear()
             fill_from_waiting()
 
-    for position in order:
-        pair = pairs[position]
+    for pair in pairs:
         if pair[0] in present:
-            waiting.append(pair)
+            if clash == "defer":
+                waiting.append(pair)
         else:
             add(pair)
         flush_full()
     return batches
+
+
+def speaker_pair_batches(labels: np.ndarray, speakers_per_batch: int, max_utts_per_speaker: int,
+                         seed: int, epoch: int, clash: str = "defer") -> list[list[tuple[int, int]]]:
+    """Global warm-up batches: ``speakers_per_batch`` pairs of same-speaker utterances, all speakers distinct
+    (:func:`shuffled_pairs` packed by :func:`pack_pairs`)."""
+    num_speakers = len(np.unique(labels))
+    if num_speakers < speakers_per_batch:
+        raise ConfigError(f"speakers_per_batch={speakers_per_batch} but the training list has only "
+                          f"{num_speakers} speakers; lower speakers_per_batch")
+    return pack_pairs(shuffled_pairs(labels, max_utts_per_speaker, seed, epoch), speakers_per_batch, clash)
 
 
 def shuffled_batches(num_items: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from nawsv.data.audio import load_audio
 from nawsv.data.kaldi import read_table
-from nawsv.data.noise_bank import NoiseBank
+from nawsv.data.noise_chunks import open_noise_bank
 from nawsv.data.noisy_sets import (CONDITION_NAME, MANIFEST_NAME, pcm16_to_float, read_condition, read_manifest,
                                    render)
 from nawsv.utils.errors import DataError
@@ -51,7 +51,8 @@ class ManifestSource:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._rows = {row.utt: row for row in read_manifest(directory / MANIFEST_NAME)}
-        self._bank = NoiseBank.from_dir(read_condition(directory)["noise_bank"])
+        condition = read_condition(directory)
+        self._bank = open_noise_bank(condition["noise_bank"], bool(condition.get("musan_chunks", False)))
 
     def keys(self) -> list[str]:
         return list(self._rows)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 METHODS = ("cosine", "segment", "full", "asnorm")
 METHOD_DESCRIPTIONS = {
@@ -32,6 +33,7 @@ class ScoreConfig:
     conditions: list[str] = dataclasses.field(default_factory=list)   # "<category>_<snr>"; empty: discover
     clean_method: str = "full"         # the method shown for clean in summaries (the paper's clean protocol)
     noisy_method: str = "segment"      # the method of the noisy grids (the paper's noisy protocol)
+    eer: Literal["sweep", "roc_interp"] = "sweep"   # roc_interp: the released code's interpolated EER (spec 5.1)
 
     def __post_init__(self) -> None:
         if not self.methods:
@@ -42,6 +44,8 @@ class ScoreConfig:
             raise ValueError(f"methods lists a method twice: {self.methods}")
         _check_method(self.clean_method, "clean_method")
         _check_method(self.noisy_method, "noisy_method")
+        if self.eer not in ("sweep", "roc_interp"):
+            raise ValueError(f"eer must be sweep or roc_interp, got {self.eer!r}")
         if self.asnorm_top_n < 2:
             raise ValueError(f"asnorm_top_n must be >= 2 (a std of one score is 0), got {self.asnorm_top_n}")
         if not self.p_targets or any(not 0.0 < p < 1.0 for p in self.p_targets):

@@ -6,8 +6,11 @@ Conventions (the same in every function, and pinned by a brute-force test):
 - The sweep visits ``+inf`` (nothing accepted) and then every unique score value from the highest to the
   lowest (the lowest accepts everything). Tied scores therefore always fall on the same side of a threshold.
 - ``FNR(t)`` = targets with score < t / targets; ``FPR(t)`` = non-targets with score >= t / non-targets.
-- EER: at the sweep threshold minimising ``|FNR - FPR|`` (the highest such threshold on ties), the mean of
-  FNR and FPR there. No interpolation, so the value is exactly reproducible from a score file.
+- EER (``sweep``, the default): at the sweep threshold minimising ``|FNR - FPR|`` (the highest such threshold
+  on ties), the mean of FNR and FPR there. No interpolation, so the value is exactly reproducible from a score
+  file. ``roc_interp`` is the released code's EER (spec 5.1: sklearn's ROC and Brent's root of
+  ``1 - FPR - TPR(FPR)`` on the linearly interpolated curve): the FPR where the piecewise-linear ROC through
+  the sweep points crosses FNR = FPR.
 - minDCF(p): the minimum over the sweep of ``(c_miss * p * FNR + c_fa * (1 - p) * FPR) / min(c_miss * p,
   c_fa * (1 - p))`` (the highest threshold on ties).
 
@@ -87,9 +90,39 @@ def threshold_sweep(scores: np.ndarray | Sequence[float], labels: np.ndarray | S
     return Sweep(thresholds, fnr, fpr)
 
 
-def _eer(sweep: Sweep) -> tuple[float, float]:
+EER_METHODS = ("sweep", "roc_interp")
+EER_DESCRIPTIONS = {
+    "sweep": "taken at the threshold minimising |FNR - FPR| over all unique scores (no interpolation)",
+    "roc_interp": "the FPR where the linearly interpolated ROC crosses FNR = FPR (the released code's "
+                  "sklearn ROC + brentq form)",
+}
+
+
+def _eer_sweep(sweep: Sweep) -> tuple[float, float]:
     best = int(np.argmin(np.abs(sweep.fnr - sweep.fpr)))
     return float((sweep.fnr[best] + sweep.fpr[best]) / 2), float(sweep.thresholds[best])
+
+
+def _eer_roc_interp(sweep: Sweep) -> tuple[float, float]:
+    """Root of g = FNR - FPR along the ROC polyline; g is 1 at the first sweep point and -1 at the last."""
+    gap = sweep.fnr - sweep.fpr
+    right = int(np.argmax(gap <= 0.0))
+    left = right - 1
+    if gap[right] == 0.0 or sweep.fpr[right] == sweep.fpr[left]:
+        return float(sweep.fpr[right]), float(sweep.thresholds[right])
+    share = gap[left] / (gap[left] - gap[right])
+    eer = sweep.fpr[left] + share * (sweep.fpr[right] - sweep.fpr[left])
+    low, high = sweep.thresholds[right], sweep.thresholds[left]
+    threshold = low if not np.isfinite(high) else high + share * (low - high)
+    return float(eer), float(threshold)
+
+
+def _eer(sweep: Sweep, method: str = "sweep") -> tuple[float, float]:
+    if method == "sweep":
+        return _eer_sweep(sweep)
+    if method == "roc_interp":
+        return _eer_roc_interp(sweep)
+    raise DataError(f"unknown EER method {method!r}; choose from {list(EER_METHODS)}")
 
 
 def _min_dcf(sweep: Sweep, p_target: float, c_miss: float, c_fa: float) -> tuple[float, float]:
@@ -100,9 +133,10 @@ def _min_dcf(sweep: Sweep, p_target: float, c_miss: float, c_fa: float) -> tuple
     return float(dcf[best] / min(c_miss * p_target, c_fa * (1.0 - p_target))), float(sweep.thresholds[best])
 
 
-def compute_eer(scores: np.ndarray | Sequence[float], labels: np.ndarray | Sequence[bool]) -> tuple[float, float]:
+def compute_eer(scores: np.ndarray | Sequence[float], labels: np.ndarray | Sequence[bool],
+                method: str = "sweep") -> tuple[float, float]:
     """Equal error rate (fraction) and its threshold, under the conventions of this module."""
-    return _eer(threshold_sweep(scores, labels))
+    return _eer(threshold_sweep(scores, labels), method)
 
 
 def compute_min_dcf(scores: np.ndarray | Sequence[float], labels: np.ndarray | Sequence[bool], p_target: float,
@@ -120,10 +154,10 @@ def det_curve(scores: np.ndarray | Sequence[float],
 
 def compute_metrics(scores: np.ndarray | Sequence[float], labels: np.ndarray | Sequence[bool],
                     p_targets: Sequence[float] = (0.01, 0.05), c_miss: float = 1.0, c_fa: float = 1.0,
-                    source: str = "scores") -> Metrics:
+                    source: str = "scores", eer_method: str = "sweep") -> Metrics:
     """EER and minDCF for several operating points from one sort (the cost of large trial lists is the sort)."""
     sweep = threshold_sweep(scores, labels, source)
-    eer, eer_threshold = _eer(sweep)
+    eer, eer_threshold = _eer(sweep, eer_method)
     dcf = {float(p): _min_dcf(sweep, float(p), c_miss, c_fa) for p in p_targets}
     num_target = int(np.asarray(labels).astype(bool).sum())
     return Metrics(eer=eer, eer_threshold=eer_threshold, min_dcf={p: v for p, (v, _) in dcf.items()},

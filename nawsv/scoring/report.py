@@ -13,15 +13,17 @@ from typing import Sequence
 import numpy as np
 
 from nawsv.data.kaldi import printable_path
+from nawsv.protocol import RECORD_NAME, read_protocol_record, summary_lines
 from nawsv.scoring.conditions import CLEAN
 from nawsv.scoring.config import ReportConfig, ScoreConfig
-from nawsv.scoring.metrics import det_curve
+from nawsv.scoring.metrics import EER_DESCRIPTIONS, det_curve
 from nawsv.scoring.paper_reference import (PAPER_CATEGORIES, PAPER_NUM_TRIALS, PAPER_RUNS, PAPER_SNRS, PAPER_TRIALS,
                                            SOURCE, PaperRun)
 from nawsv.scoring.plots import plot_det, plot_eer_vs_snr
 from nawsv.scoring.results import GridLayout, ResultRow, cells_phrase, mean_of, read_results_tsv
 from nawsv.scoring.score_files import read_scores
 from nawsv.scoring.stage import score_path
+from nawsv.train.dev_metrics import read_dev_metrics
 from nawsv.utils.atomic import atomic_write_text
 from nawsv.utils.config import config_from_dict, read_yaml
 from nawsv.utils.lock import directory_lock
@@ -150,6 +152,40 @@ def _det_curves(exp_dir: Path, rows: Sequence[ResultRow], name: str, score_cfg: 
     return curves
 
 
+def protocol_lines(exp_dir: Path, score_cfg: ScoreConfig) -> list[str]:
+    """The protocol, the switches that differ from the released code and the EER form, for the report's top."""
+    record = read_protocol_record(exp_dir / RECORD_NAME)
+    lines = summary_lines(record) if record else [f"Protocol: unknown ({exp_dir / RECORD_NAME} is missing; rerun "
+                                                  f"stage 6 to write it)."]
+    return lines + ["", f"EER (`eer: {score_cfg.eer}`): {EER_DESCRIPTIONS[score_cfg.eer]}; the paper's EERs use the "
+                        f"interpolated form (`roc_interp`).", ""]
+
+
+def best_test_epoch_line(exp_dir: Path, trials: str, test_set: str) -> list[str]:
+    """The best per-epoch EER on these test trials, when stage 4 evaluated them every epoch (``--dev_set``).
+
+    The paper picked its numbers this way; it is optimistic, so it is a separate, labelled line and never
+    the headline (which stays the final or averaged model).
+    """
+    rows = [r for r in read_dev_metrics(exp_dir / "finetune") if r["dev"] == f"{test_set}/{trials}"]
+    if not rows:
+        return []
+    best = min(rows, key=lambda r: float(r["dev_eer"]))
+    return [f"**Best epoch on the test trials (the paper's selection; optimistic):** EER {float(best['dev_eer']):.3f} "
+            f"% at fine-tuning epoch {best['epoch']} of the {len(rows)} evaluated (whole-utterance cosine, the "
+            f"per-epoch evaluation of `--dev_set`). The headline numbers above are the final model's.", ""]
+
+
+def not_built_lines(rows: Sequence[ResultRow], score_cfg: ScoreConfig) -> list[str]:
+    """Name the configured noisy categories that have no cells (e.g. no Nonspeech100 folder in stage 1)."""
+    found = {r.category for r in rows if r.category is not None}
+    absent = [c for c in score_cfg.categories if c not in found]
+    if not found or not absent:
+        return []
+    return [f"No {'/'.join(absent)} cells were built (stage 2 made no such noisy sets; nonspeech needs the "
+            f"Nonspeech100 folder in stage 1): the means below are over the cells that exist.", ""]
+
+
 def run_report(exp_dir: Path, cfg: ReportConfig) -> str:
     """Write the figures and report.md; returns the report text."""
     rows = read_results_tsv(exp_dir / "results.tsv")
@@ -166,6 +202,7 @@ def _write_report(exp_dir: Path, cfg: ReportConfig, rows: list[ResultRow], score
            f"({PAPER_NUM_TRIALS} trials) of WavLM-Base+ NAW-SV systems, from {SOURCE}. The paper's category "
            f"\"speech\" is our `babble`; it reports no minDCF (ours are in results.md) and no Nonspeech100 cells.",
            ""]
+    out += protocol_lines(exp_dir, score_cfg) + not_built_lines(rows, score_cfg)
     panels = _eer_panels(rows, trial_names, score_cfg.noisy_method)
     if panels:
         plot_eer_vs_snr(report_dir / "eer_vs_snr.png", panels, "EER (%)", cfg.dpi)
@@ -178,6 +215,8 @@ def _write_report(exp_dir: Path, cfg: ReportConfig, rows: list[ResultRow], score
         out += comparison_table(mine, score_cfg)
         out += ["", f"Noisy rows use `{score_cfg.noisy_method}` scoring (the paper's noisy numbers are TTA = "
                     f"`segment`); every mean is over exactly the cells named in its row.", ""]
+        clean = next((r for r in mine if r.condition == CLEAN), mine[0])
+        out += best_test_epoch_line(exp_dir, name, clean.set_name)
         curves = _det_curves(exp_dir, rows, name, score_cfg, cfg.det_snr)
         if curves:
             plot_det(report_dir / f"det_{name}.png", curves, f"DET, trials {name}", cfg.dpi)

@@ -15,6 +15,7 @@ import numpy as np
 
 from nawsv.scoring.conditions import CLEAN
 from nawsv.scoring.config import METHOD_DESCRIPTIONS, MUSAN_CATEGORIES
+from nawsv.scoring.metrics import EER_DESCRIPTIONS
 from nawsv.utils.atomic import atomic_open
 from nawsv.utils.errors import DataError
 
@@ -222,11 +223,16 @@ def _method_summary(rows: Sequence[ResultRow], methods: Sequence[str], layout: G
 
 def results_markdown(rows: Sequence[ResultRow], *, title: str, methods: Sequence[str], p_targets: Sequence[float],
                      categories: Sequence[str], snrs: Sequence[int], noisy_method: str,
-                     notes: Sequence[str] = (), unlabelled: Sequence[str] = ()) -> str:
-    """The human-readable results: clean rows, noisy grids (EER and each minDCF) and their averages."""
-    out = [f"# {title}", "",
-           "EER in %, minDCF normalised (C_miss = C_fa = 1). A trial is accepted when score >= threshold; EER is "
-           "taken at the threshold minimising |FNR - FPR| over all unique scores (no interpolation).", ""]
+                     notes: Sequence[str] = (), unlabelled: Sequence[str] = (), eer_method: str = "sweep",
+                     protocol: Sequence[str] = ()) -> str:
+    """The human-readable results: clean rows, noisy grids (EER and each minDCF) and their averages.
+
+    ``protocol`` holds the lines that name the protocol and the switches differing from the released code
+    (:func:`nawsv.protocol.summary_lines`); they come first, so no table is read without them.
+    """
+    out = [f"# {title}", ""] + list(protocol) + ([""] if protocol else [])
+    out += [f"EER in %, minDCF normalised (C_miss = C_fa = 1). A trial is accepted when score >= threshold; EER "
+            f"(`eer: {eer_method}`) is {EER_DESCRIPTIONS[eer_method]}.", ""]
     out += [f"- {note}" for note in notes]
     if notes:
         out.append("")

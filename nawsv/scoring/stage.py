@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from nawsv.data.kaldi import Trial, printable_path, read_table, read_trials
+from nawsv.protocol import summary_lines
 from nawsv.scoring.asnorm import (Cohort, asnorm_scores, cohort_statistics, effective_top_n, speaker_cohort,
                                   trial_rows)
 from nawsv.scoring.conditions import Condition, discover_conditions
@@ -25,6 +26,7 @@ from nawsv.scoring.cosine import (TrialIndex, full_scores, index_trials, pair_sc
                                   trial_labels, utterance_directions)
 from nawsv.scoring.embeddings import read_matrix_scp, read_vector_scp
 from nawsv.scoring.metrics import compute_metrics
+from nawsv.scoring.provenance import experiment_record, write_experiment_record
 from nawsv.scoring.results import ResultRow, results_markdown, write_results_tsv
 from nawsv.scoring.score_files import write_scores
 from nawsv.utils.atomic import atomic_write_text
@@ -160,11 +162,11 @@ def score_test_set(job: ScoreJob, cfg: ScoreConfig
                 if labels[name] is None:
                     continue
                 metrics = compute_metrics(scores, labels[name], cfg.p_targets, cfg.c_miss, cfg.c_fa,
-                                          source=f"{name} / {condition.name} / {method}")
+                                          source=f"{name} / {condition.name} / {method}", eer_method=cfg.eer)
                 rows.append(ResultRow(name, condition.set_name, condition.name, condition.category, condition.snr,
                                       method, len(scores), metrics.eer, metrics.min_dcf))
         log.info("scored %s", condition.set_name)
-    return rows, unlabelled, conditions, _notes(job, top_n, cohort), outputs
+    return rows, unlabelled, conditions, _notes(job, top_n, cohort) + _not_built(job, cfg, conditions), outputs
 
 
 def run_score_stage(jobs: ScoreJob | Sequence[ScoreJob], cfg: ScoreConfig) -> tuple[list[ResultRow], str]:
@@ -188,6 +190,7 @@ def _score_and_write(jobs: list[ScoreJob], cfg: ScoreConfig) -> tuple[list[Resul
     rows: list[ResultRow] = []
     unlabelled: list[str] = []
     noisy: list[str] = []
+    noisy_sets: list[str] = []
     notes: list[str] = []
     outputs: list[ScoreFile] = []
     for job in jobs:
@@ -195,18 +198,33 @@ def _score_and_write(jobs: list[ScoreJob], cfg: ScoreConfig) -> tuple[list[Resul
         rows += set_rows
         unlabelled += set_unlabelled
         noisy += [c.name for c in conditions if not c.is_clean and c.name not in noisy]
+        noisy_sets += [c.set_name for c in conditions if not c.is_clean]
         notes += set_notes
         outputs += set_outputs
     exp_dir = jobs[0].exp_dir
     for path, trials, scores in outputs:
         write_scores(path, trials, scores)
     save_config(dataclasses.replace(cfg, conditions=noisy), jobs[0].scores_dir, allow_change=True)
+    record = experiment_record(exp_dir, noisy_sets, cfg)
+    write_experiment_record(exp_dir, record)
     text = results_markdown(rows, title=f"Results of {printable_path(exp_dir.resolve().name)}", methods=cfg.methods,
                             p_targets=cfg.p_targets, categories=cfg.categories, snrs=cfg.snrs,
-                            noisy_method=cfg.noisy_method, notes=notes, unlabelled=unlabelled)
+                            noisy_method=cfg.noisy_method, notes=notes, unlabelled=unlabelled, eer_method=cfg.eer,
+                            protocol=summary_lines(record))
     write_results_tsv(exp_dir / "results.tsv", rows, cfg.p_targets)
     atomic_write_text(exp_dir / "results.md", text)
     return rows, text
+
+
+def _not_built(job: ScoreJob, cfg: ScoreConfig, conditions: Sequence[Condition]) -> list[str]:
+    """A note naming the configured categories that have no noisy sets, when the test set has some."""
+    found = {c.category for c in conditions if not c.is_clean}
+    absent = [c for c in cfg.categories if c not in found]
+    if not found or not absent:
+        return []
+    why = " (nonspeech needs a Nonspeech100 folder in stage 1)" if "nonspeech" in absent else ""
+    return [f"{job.test_set}: no {'/'.join(absent)} cells: stage 2 did not build them{why}; every mean below is over "
+            f"the cells that exist"]
 
 
 def _notes(job: ScoreJob, top_n: int, cohort: Cohort | None) -> list[str]:

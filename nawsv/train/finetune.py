@@ -63,6 +63,7 @@ class AAMConfig:
     topk: int = 5
     topk_margin: float = 0.1
     class_weights: bool = True             # inverse-frequency weighted CE, as the original
+    fix_large_angle: bool = True           # ArcFace fallback when theta + m > pi; false: the released AAM (none)
     class_weight_norm: Literal["global", "per_rank"] = "global"   # per_rank = released DDP (depends on GPU count)
 
     def __post_init__(self) -> None:
@@ -143,7 +144,8 @@ class FinetuneTask:
         weights = torch.tensor(counts.sum() / counts, dtype=torch.float32) if cfg.loss.class_weights else None
         self.aam = AAMSoftmax(cfg.backend.embed_dim, len(store.speaker_ids), margin=cfg.loss.margin,
                               scale=cfg.loss.scale, topk=cfg.loss.topk, topk_margin=cfg.loss.topk_margin,
-                              class_weights=weights, weight_norm=cfg.loss.class_weight_norm).to(ctx.device)
+                              class_weights=weights, weight_norm=cfg.loss.class_weight_norm,
+                              fix_large_angle=cfg.loss.fix_large_angle).to(ctx.device)
         self.dataset = AugmentedCrops(store, augmenter, cfg.run.seed)
         self.ssl_frozen = True
 

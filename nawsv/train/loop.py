@@ -27,6 +27,7 @@ import torch
 
 from nawsv.train import checkpoint as ckpt
 from nawsv.train.dev_eval import DevEvaluator
+from nawsv.train.dev_metrics import record_dev_metrics
 from nawsv.train.distributed import (DistContext, all_ranks_true, average_gradients, barrier, broadcast_module_states,
                                      broadcast_object, gather_objects)
 from nawsv.train.schedule import learning_rate
@@ -335,6 +336,7 @@ class Trainer:
                 for module, mode in zip(modules, modes, strict=True):
                     module.train(mode)
             self._log_scalars({f"dev/{k}": v for k, v in values.items()}, epoch + 1)
+            record_dev_metrics(self.out_dir, epoch + 1, self.dev.name, values)
             log.info("epoch %d/%d dev (%s): %s", epoch + 1, self.epochs, self.dev.name,
                      ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
         barrier()

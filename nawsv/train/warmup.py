@@ -35,6 +35,7 @@ class WarmupData:
     crop_seconds: float = 3.0
     num_workers: int = 4
     list_type: Literal["raw", "shard"] = "raw"
+    pair_clash: Literal["defer", "drop"] = "defer"   # drop: the released sampler (spec 3.1)
 
     def __post_init__(self) -> None:
         if self.speakers_per_batch < 2:
@@ -131,7 +132,8 @@ class WarmupTask:
     def _plan(self, epoch: int) -> list:
         if epoch not in self._plans:
             self._plans = {epoch: speaker_pair_batches(self.store.labels, self.cfg.data.speakers_per_batch,
-                                                       self.cfg.data.max_utts_per_speaker, self.cfg.run.seed, epoch)}
+                                                       self.cfg.data.max_utts_per_speaker, self.cfg.run.seed, epoch,
+                                                       self.cfg.data.pair_clash)}
         return self._plans[epoch]
 
     def steps_in_epoch(self, epoch: int) -> int:
