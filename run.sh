@@ -33,7 +33,7 @@ noisy_test_sets=        # stage 2: test sets that get noisy copies (empty: all o
 job=0                   # stages 2 and 5: this job's index, 0 .. num_jobs-1 (a Slurm array task)
 num_jobs=1              # stages 2 and 5: jobs sharing the work
 merge=false             # stages 2 and 5: only merge what finished jobs wrote
-pretrained=             # local Hugging Face WavLM dir (e.g. wavlm-base-plus); empty: the config's ssl.pretrained
+pretrained=             # local HF dir of the SSL model (e.g. wavlm-base-plus); empty: the config's ssl.pretrained
 skip_warmup=false       # baseline: no stage 3, stage 4 fine-tunes the pre-trained model directly
 warmup_config=warmup.yaml      # stage-3 config: a file name looked up in $conf, then $root/conf; or a path
 finetune_config=finetune.yaml  # stage-4 config (same lookup)
@@ -45,6 +45,7 @@ rdzv_endpoint=          # host:port of the rendezvous when nnodes > 1
 python=                 # interpreter; default: $root/.venv/bin/python (created by tools/install.sh)
 dry_run=false           # print the commands instead of running them
 recipe_options=         # recipe option names forwarded to local/prepare_data.sh (set in defaults.sh)
+recipe_settings=        # recipe option names used by defaults.sh only, e.g. the backbone (set in defaults.sh)
 . "$recipe/defaults.sh"
 
 help_message="Usage: bash run.sh [--recipe egs/<name>] [--stage N] [--stop_stage M] [--option value ...]
@@ -52,7 +53,8 @@ Stages: 1 data preparation, 2 noisy test sets, 3 NAW-SV warm-up, 4 fine-tuning, 
   7 report, 8 export."
 parse_options_names="recipe stage stop_stage data exp conf nj train_set test_sets materialize_noisy noisy_test_sets
   job num_jobs merge pretrained
-  skip_warmup warmup_config finetune_config dev_set device nproc nnodes rdzv_endpoint python dry_run $recipe_options"
+  skip_warmup warmup_config finetune_config dev_set device nproc nnodes rdzv_endpoint python dry_run $recipe_options
+  $recipe_settings"
 . "$root/tools/parse_options.sh"
 [ $# -eq 0 ] || { echo "run.sh: unexpected argument '$1' (options are --name value)" >&2; exit 1; }
 

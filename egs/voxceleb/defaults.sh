@@ -12,7 +12,9 @@ trials_dir=             # folder with veri_test2.txt, list_test_all2.txt, list_t
 train_corpus=vox1       # vox1: train on Vox1 dev, test Vox1-O; vox2: train on Vox2 dev, test Vox1-O/E/H
 train_shards=false      # also write tar shards of the training set (set data.list_type: shard to use them)
 skip_warmup=false       # true: the baseline, fine-tuning WavLM Base+ without the NAW-SV warm-up
-pretrained=${pretrained:-}   # local Hugging Face dir of microsoft/wavlm-base-plus (stages 3-4)
+pretrained=${pretrained:-}   # local Hugging Face dir of the backbone, e.g. microsoft/wavlm-base-plus (stages 3-4)
+backbone=wavlm_base_plus     # the SSL model: wavlm_base_plus (the paper's), hubert_base, wavlm_large (conf/*_<backbone>_*)
+recipe_settings=backbone
 recipe_options="vox1_root vox2_root vox2_wav_dir vox2_flac_dir musan_root rirs_root nonspeech_root trials_dir
   train_corpus train_shards"
 
@@ -26,6 +28,8 @@ for ((__vc_i = 0; __vc_i < ${#__vc_args[@]}; __vc_i++)); do
     --train_corpus=*|--train-corpus=*) train_corpus=${__vc_args[__vc_i]#*=} ;;
     --skip_warmup|--skip-warmup) skip_warmup=${__vc_args[__vc_i + 1]:-} ;;
     --skip_warmup=*|--skip-warmup=*) skip_warmup=${__vc_args[__vc_i]#*=} ;;
+    --backbone) backbone=${__vc_args[__vc_i + 1]:-} ;;
+    --backbone=*) backbone=${__vc_args[__vc_i]#*=} ;;
   esac
 done
 unset __vc_args __vc_i
@@ -43,12 +47,21 @@ case "$train_corpus" in
     test_sets="vox1_test vox1_all" ;;
   *) echo "egs/voxceleb: --train_corpus must be vox1 or vox2, got '$train_corpus'" >&2; exit 1 ;;
 esac
+if [ ! -f "$recipe/conf/${train_corpus}_${backbone}_warmup.yaml" ]; then
+  __vc_known=$(cd "$recipe/conf" && ls ${train_corpus}_*_warmup.yaml | sed "s/^${train_corpus}_//; s/_warmup.yaml$//")
+  echo "egs/voxceleb: --backbone '$backbone' has no configs (conf/${train_corpus}_${backbone}_{warmup,finetune}.yaml);" \
+    "choose from:" $__vc_known >&2
+  exit 1
+fi
 noisy_test_sets=vox1_test                                    # stage 2: test sets that get noisy copies
-warmup_config=${train_corpus}_wavlm_base_plus_warmup.yaml    # a file name is looked up in conf/, a path used as is
+warmup_config=${train_corpus}_${backbone}_warmup.yaml        # a file name is looked up in conf/, a path used as is
+__vc_name=$train_corpus                                      # exp/<corpus>[_<backbone>]_{nawsv,baseline}
+[ "$backbone" = wavlm_base_plus ] || __vc_name=${train_corpus}_${backbone}
 if [ "$skip_warmup" = true ]; then
   finetune_config=baseline_finetune.yaml
-  exp=$recipe/exp/${train_corpus}_baseline
+  exp=$recipe/exp/${__vc_name}_baseline
 else
-  finetune_config=${train_corpus}_wavlm_base_plus_finetune.yaml
-  exp=$recipe/exp/${train_corpus}_nawsv
+  finetune_config=${train_corpus}_${backbone}_finetune.yaml
+  exp=$recipe/exp/${__vc_name}_nawsv
 fi
+unset __vc_name
