@@ -72,7 +72,8 @@ def _loader_rates(store, musan, rirs) -> dict[str, float]:
     crop = int(3.0 * 16000)
     pairs = WarmupPairs(store, Augmenter(warm_cfg.augment, musan, None), crop, 1)
     crops = AugmentedCrops(store, Augmenter(fine_cfg.augment, musan, rirs), 1)
-    return {"warmup": _loader_rate(pairs, [(0, i, 2 * i % len(store), (2 * i + 1) % len(store)) for i in range(40)], 2),
+    items = [(0, i, 2 * i % len(store), (2 * i + 1) % len(store)) for i in range(40)]
+    return {"warmup": _loader_rate(pairs, items, 2),
             "finetune": _loader_rate(crops, [(0, i, i % len(store), crop) for i in range(60)], 1)}
 
 
@@ -80,19 +81,18 @@ def _measure(backbone: str, store, musan, rirs, ctx: DistContext, loader: dict[s
     overrides = [f"ssl.preset={backbone}", "data.num_workers=0"]
     warm_cfg = load_config(WarmupConfig, ROOT / "conf/warmup.yaml",
                            [*overrides, f"data.speakers_per_batch={WARMUP_SPEAKERS}"])
-    fine_cfg = load_config(FinetuneConfig, ROOT / "conf/finetune.yaml", [*overrides, f"data.batch_size={FINETUNE_BATCH}"])
+    fine_cfg = load_config(FinetuneConfig, ROOT / "conf/finetune.yaml",
+                           [*overrides, f"data.batch_size={FINETUNE_BATCH}"])
+    # (phase, task builder, epoch measured, label): the whole student warms up; fine-tuning is joint
+    phases = (("warmup", lambda: WarmupTask(warm_cfg, store, Augmenter(warm_cfg.augment, musan, None), ctx),
+               warm_cfg.adapter_only_epochs, f"warm-up, whole student, {2 * WARMUP_SPEAKERS} utts"),
+              ("finetune", lambda: FinetuneTask(fine_cfg, store, Augmenter(fine_cfg.augment, musan, rirs), ctx, None),
+               fine_cfg.frozen_ssl_epochs, f"fine-tune, joint, batch {FINETUNE_BATCH}"))
     figures: list[Figure] = []
     rates: dict[tuple[str, bool], float] = {}
     torch.manual_seed(0)
-    for phase in ("warmup", "finetune"):
-        if phase == "warmup":         # the whole student trains (epochs after the adapter-only ones)
-            task, epoch = WarmupTask(warm_cfg, store, Augmenter(warm_cfg.augment, musan, None), ctx), \
-                warm_cfg.adapter_only_epochs
-            label = f"warm-up, whole student, {2 * WARMUP_SPEAKERS} utts"
-        else:                         # joint training (the epochs after the frozen ones)
-            task, epoch = FinetuneTask(fine_cfg, store, Augmenter(fine_cfg.augment, musan, rirs), ctx, None), \
-                fine_cfg.frozen_ssl_epochs
-            label = f"fine-tune, joint, batch {FINETUNE_BATCH}"
+    for phase, build, epoch, label in phases:
+        task = build()
         for bf16 in (False, True):
             rate, peak = _rate(task, epoch, bf16, ctx.device)
             rates[phase, bf16] = rate

@@ -214,7 +214,7 @@ _LEGACY_SUFFIXES = {".weight_g": ".parametrizations.weight.original0",
 
 
 def _checkpoint_keys(path: Path, family: backbones.Family) -> set[str]:
-    """Tensor names stored in a HF model dir, in the current naming (no family prefix, new weight norm), pre-training heads left out."""
+    """Encoder tensor names stored in a HF model dir, in the current naming (no family prefix, new weight norm)."""
     import json
 
     from safetensors import safe_open
