@@ -159,6 +159,12 @@ def test_hf_adapters_are_refused(tmp_path):
         build_student(SSLConfig(pretrained=str(tmp_path)))
 
 
+def test_another_cnn_front_end_is_refused(tmp_path):
+    save_hf_dir(tmp_path, "hubert", conv_stride=[5, 2, 2, 2, 2, 2, 1])         # 10-ms frames: segments would be wrong
+    with pytest.raises(ConfigError, match=r"conv_stride \[5, 2, 2, 2, 2, 2, 1\]\) is not the 20-ms one"):
+        build_teacher(SSLConfig(pretrained=str(tmp_path)))
+
+
 def test_zero_init_student_equals_teacher_on_all_hidden_states(arch_dir, wav):
     cfg = SSLConfig(pretrained=str(arch_dir), zero_init_adapters=True)
     student, teacher = build_student(cfg).eval(), build_teacher(cfg)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nawsv.models.config import CONV_KERNEL, CONV_STRIDE
 from nawsv.utils.errors import ConfigError
 
 
@@ -78,10 +79,14 @@ def new_model(config: Any) -> nn.Module:
 
 
 def prepare_config(config: Any, layerdrop: float | None, where: str) -> Any:
-    """Set LayerDrop (None keeps the config's), switch off HF's SpecAugment, refuse HF's own adapters."""
+    """Set LayerDrop (None keeps the config's), switch off HF's SpecAugment; refuse HF adapters, other CNNs."""
     if getattr(config, "add_adapter", False) or getattr(config, "adapter_attn_dim", None) is not None:
         raise ConfigError(f"{where}: the {config.model_type} config has HF adapters (add_adapter / adapter_attn_dim, "
                           f"e.g. an MMS checkpoint); nawsv adds its own and needs a plain pre-trained checkpoint")
+    if list(config.conv_kernel) != CONV_KERNEL or list(config.conv_stride) != CONV_STRIDE:
+        raise ConfigError(f"{where}: the CNN front end (conv_kernel {list(config.conv_kernel)}, conv_stride "
+                          f"{list(config.conv_stride)}) is not the 20-ms one of WavLM / HuBERT / wav2vec 2.0 "
+                          f"(kernels {CONV_KERNEL}, strides {CONV_STRIDE}) that cropping and segmenting assume")
     if layerdrop is not None:
         config.layerdrop = float(layerdrop)
     config.apply_spec_augment = False

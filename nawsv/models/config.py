@@ -10,15 +10,15 @@ from typing import Any, Literal
 
 # The convolutional front end of WavLM, HuBERT and wav2vec 2.0: 7 layers, total stride 320 samples = one frame
 # every 20 ms at 16 kHz, receptive field 400 samples. Every preset keeps it (same frame counts for every backbone).
-_CONV_KERNEL = [10, 3, 3, 3, 3, 2, 2]
-_CONV_STRIDE = [5, 2, 2, 2, 2, 2, 2]
+CONV_KERNEL = [10, 3, 3, 3, 3, 2, 2]
+CONV_STRIDE = [5, 2, 2, 2, 2, 2, 2]
 
 # Random-initialisation architectures: (family, keyword arguments of the family's HF config class). A pre-trained
 # directory (SSLConfig.pretrained) always brings its own config.json instead. Dropout and LayerDrop rates are
 # WavLM Base+'s for every preset (they only matter for benchmarks of random-init models).
 _DROPOUT: dict[str, Any] = dict(hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.0,
                                 feat_proj_dropout=0.1, layerdrop=0.05, mask_time_prob=0.05)
-_CNN: dict[str, Any] = dict(conv_kernel=_CONV_KERNEL, conv_stride=_CONV_STRIDE, conv_dim=[512] * 7)
+_CNN: dict[str, Any] = dict(conv_kernel=CONV_KERNEL, conv_stride=CONV_STRIDE, conv_dim=[512] * 7)
 # post-LN "Base": 12 x 768, GroupNorm in the first conv layer, no conv bias.
 _BASE: dict[str, Any] = dict(_DROPOUT, **_CNN, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                              intermediate_size=3072, num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16,
@@ -73,7 +73,7 @@ RECEPTIVE_FIELD = 400         # samples seen by the first frame
 def num_frames(num_samples: int) -> int:
     """Frames the SSL CNN produces for ``num_samples`` samples (149 for 3 s, 299 for 6 s)."""
     frames = num_samples
-    for kernel, stride in zip(_CONV_KERNEL, _CONV_STRIDE, strict=True):
+    for kernel, stride in zip(CONV_KERNEL, CONV_STRIDE, strict=True):
         frames = (frames - kernel) // stride + 1
     return max(frames, 0)
 
