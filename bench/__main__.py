@@ -11,7 +11,7 @@ import os
 import platform
 import sys
 
-from bench.common import save
+from bench.common import Unavailable, save
 
 BENCHMARKS = {
     "prepare": "bench.bench_prepare",
@@ -20,6 +20,7 @@ BENCHMARKS = {
     "models": "bench.bench_models",
     "extract": "bench.bench_extract",
     "train": "bench.bench_train",
+    "gpu": "bench.bench_gpu",
 }
 
 
@@ -32,13 +33,19 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
     print(f"# machine: {platform.machine()} {os.cpu_count()} cpu(s), python {platform.python_version()}")
+    status = 0
     for name in args.names or list(BENCHMARKS):
         print(f"## {name}")
-        figures = importlib.import_module(BENCHMARKS[name]).run(args)
+        try:
+            figures = importlib.import_module(BENCHMARKS[name]).run(args)
+        except Unavailable as exc:                 # e.g. the GPU benchmark on a CPU-only machine
+            print(f"# {name} not run: {exc}", file=sys.stderr, flush=True)
+            status = 2 if name in args.names else status
+            continue
         for figure in figures:
             print(figure.line(), flush=True)
         print(f"# saved {save(name, figures)}")
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def _measure(preset: str, channels: int, embed_dim: int, seconds: tuple[float, .
     backend = build_backend("ecapa_tdnn_small", num_hidden_states=ssl.num_hidden_states, input_dim=ssl.hidden_size,
                             channels=channels, embed_dim=embed_dim)
     model = SpeakerEmbedder(ssl, backend, embed_dim).eval()
-    bare = build_teacher(cfg).wavlm.eval()             # plain HF WavLMModel, same config
+    bare = build_teacher(cfg).backbone.eval()          # plain HF model, same config
     rng = np.random.default_rng(0)
     utterances = [(0.1 * rng.standard_normal(round(s * SR))).astype(np.float32) for s in seconds]
     options = ExtractConfig()
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> list[Figure]:
     try:
         figures = _measure("tiny", 128, 64, TINY_SECONDS, len(TINY_SECONDS), 3 if args.quick else 9)
         if not args.quick:
-            figures += _measure("base_plus", 512, 192, BASE_SECONDS, 2, 5)
+            figures += _measure("wavlm_base_plus", 512, 192, BASE_SECONDS, 2, 5)
         return figures
     finally:
         torch.set_num_threads(threads)

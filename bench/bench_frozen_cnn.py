@@ -48,7 +48,7 @@ def frozen_cnn_figures(preset: str, repeats: int) -> list[Figure]:
     head = WarmupHead(student.num_hidden_states, student.hidden_size)
     wav = torch.randn(BATCH, int(SECONDS * 16000), generator=torch.Generator().manual_seed(0))
     mask_rng = torch.Generator().manual_seed(1)
-    cnn = student.wavlm.feature_extractor
+    cnn = student.backbone.feature_extractor
 
     def after() -> torch.Tensor:
         cnn._requires_grad = False

@@ -1,12 +1,14 @@
 """Model-side overhead of nawsv against the floor transformers sets (DESIGN §9), on CPU with 2 threads.
 
-For the tiny preset and a random-init WavLM Base+ architecture, on 2 speakers x 2 utterances of 3 s:
-- extraction: student forward (eval, no grad) / bare ``WavLMModel`` forward            [target <= 1.15x]
+For the tiny preset and the random-init Base and Large architectures of WavLM, HuBERT and wav2vec 2.0
+(``--quick``: tiny only), on 2 speakers x 2 utterances of 3 s:
+- extraction: student forward (eval, no grad) / bare HF model forward                   [target <= 1.15x]
 - warm-up step: student fwd+bwd (masked, adapters) + teacher forward + hint + shared head on both + E-APN,
-  / bare ``WavLMModel`` forward+backward of the student input                           [target <= 1.5x]
+  / bare HF model forward+backward of the student input                                 [target <= 1.5x]
 - fine-tune, SSL frozen: student forward (no grad) + ECAPA + AAM fwd+bwd / bare forward
 - fine-tune, joint: student fwd+bwd (masked) + ECAPA + AAM / bare forward+backward
-The bare model is the same WavLM config (layerdrop 0, no SpecAugment), in train mode for the backward cases.
+The bare model (``WavLMModel``, ``HubertModel`` or ``Wav2Vec2Model``) is the same config (layerdrop 0, no
+SpecAugment), in train mode for the backward cases.
 The CPU is shared with other jobs, so each case is timed right after its baseline, repeatedly: a ratio is
 the median of these paired ratios (both sides of a pair see the same load), and the seconds shown are the
 minimum over repeats (the least disturbed run). One untimed warm-up run of everything comes first.
@@ -31,6 +33,9 @@ from nawsv.models.heads import WarmupHead
 from nawsv.models.ssl import build_student, build_teacher
 
 SPEAKERS, SECONDS, NUM_CLASSES = 2, 3.0, 1211
+# (preset, paired repeats): WavLM Base and Base+ share one architecture; Large steps take about 3x longer.
+ARCHITECTURES = (("wavlm_base_plus", 5), ("hubert_base", 5), ("wav2vec2_base", 5),
+                 ("wavlm_large", 3), ("hubert_large", 3), ("wav2vec2_large", 3))
 
 
 def _timed(step: Callable[[], None]) -> float:
@@ -43,7 +48,7 @@ def _cases(preset: str) -> dict[str, Callable[[], None]]:
     """Closures that each run one step; built once so that model construction is not timed."""
     cfg = SSLConfig(preset=preset, layerdrop=0.0)       # the bare baseline never drops layers either
     student, teacher = build_student(cfg), build_teacher(cfg)
-    bare = build_teacher(cfg).wavlm            # the plain HF WavLMModel with the same weights/config
+    bare = build_teacher(cfg).backbone         # the plain HF model with the same weights/config
     bare.requires_grad_(True)
     head = WarmupHead(student.num_hidden_states, student.hidden_size)
     ecapa = EcapaTdnn(student.num_hidden_states, student.hidden_size)
@@ -126,7 +131,7 @@ def _measure(preset: str, repeats: int) -> list[Figure]:
             ratios[case].append(case_time / base_time)
     best = {name: min(values) for name, values in times.items()}
     label = f"{preset} ({2 * SPEAKERS}x{SECONDS:g}s)"
-    figures = [Figure(f"{label} bare WavLMModel {what}", best[name], "s",
+    figures = [Figure(f"{label} bare HF model {what}", best[name], "s",
                       note=f"min of {len(times[name])}; median {statistics.median(times[name]):.3f} s")
                for name, what in (("bare_fwd", "forward"), ("bare_fwd_bwd", "forward+backward"))]
     for case, _, target, title, what in _PAIRS:
@@ -141,8 +146,10 @@ def run(args: argparse.Namespace) -> list[Figure]:
     torch.set_num_threads(2)
     try:
         figures = _measure("tiny", 3 if args.quick else 9) + frozen_cnn_figures("tiny", 3 if args.quick else 9)
+        for preset, repeats in () if args.quick else ARCHITECTURES:
+            figures += _measure(preset, repeats)
         if not args.quick:
-            figures += _measure("base_plus", 5) + frozen_cnn_figures("base_plus", 3)
+            figures += frozen_cnn_figures("wavlm_base_plus", 3)
         return figures
     finally:
         torch.set_num_threads(threads)

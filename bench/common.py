@@ -72,3 +72,7 @@ def save(name: str, figures: list[Figure]) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps([dataclasses.asdict(f) | {"ratio": f.ratio} for f in figures], indent=1))
     return path
+
+
+class Unavailable(RuntimeError):
+    """A benchmark that cannot run on this machine (e.g. it needs CUDA); the message says what it needs."""

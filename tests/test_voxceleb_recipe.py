@@ -7,9 +7,11 @@ its text files, RIRS_NOISES with the folders the recipe must ignore, Nonspeech10
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 import yaml
 
 from nawsv.data.audio import load_audio, write_audio
@@ -494,3 +497,87 @@ def test_released_protocol_wespeaker_layout_without_nonspeech(tmp_path: Path) ->
     assert "vox1_test: no nonspeech cells: stage 2 did not build them" in results
     report = (exp / "report" / "report.md").read_text()
     assert "Protocol: **released**" in report and "No nonspeech cells were built" in report
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Backbones: --backbone chooses the configs and the experiment dir; small HuBERT and pre-LN models run stages 3-6
+
+def _shown_options(*args: str) -> dict[str, str]:
+    proc = subprocess.run(["bash", str(RECIPE / "run.sh"), *args, "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^  --(\w+) +(.*)$", proc.stdout, re.M)}
+
+
+@pytest.mark.parametrize("args, expected", [
+    ((), {"backbone": "wavlm_base_plus", "warmup_config": "vox1_wavlm_base_plus_warmup.yaml",
+          "exp": f"{RECIPE}/exp/vox1_nawsv"}),
+    (("--backbone", "hubert_base"), {"warmup_config": "vox1_hubert_base_warmup.yaml",
+                                     "finetune_config": "vox1_hubert_base_finetune.yaml",
+                                     "exp": f"{RECIPE}/exp/vox1_hubert_base_nawsv"}),
+    (("--backbone=wavlm_large", "--train_corpus", "vox2", "--skip_warmup", "true"),
+     {"finetune_config": "baseline_finetune.yaml", "exp": f"{RECIPE}/exp/vox2_wavlm_large_baseline"}),
+])
+def test_backbone_option_chooses_configs_and_experiment(args: tuple, expected: dict) -> None:
+    shown = _shown_options(*args)
+    for name, value in expected.items():
+        assert shown[name] == value, name
+
+
+def test_unknown_backbone_lists_those_with_configs() -> None:
+    proc = subprocess.run(["bash", str(RECIPE / "run.sh"), "--backbone", "hubert_xlarge", "--dry_run", "true"],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "--backbone 'hubert_xlarge' has no configs" in proc.stderr
+    assert "choose from: hubert_base wavlm_base_plus wavlm_large" in proc.stderr
+
+
+@pytest.mark.parametrize("path", sorted((RECIPE / "conf").glob("vox*_*.yaml")), ids=lambda p: p.name)
+def test_recipe_configs_load_and_name_their_backbone(path: Path) -> None:
+    from nawsv.models.config import resolve_preset
+    from nawsv.train.finetune import FinetuneConfig
+    from nawsv.train.warmup import WarmupConfig
+    from nawsv.utils.config import load_config
+
+    corpus, rest = path.stem.split("_", 1)
+    backbone, phase = rest.rsplit("_", 1)
+    cfg = load_config(WarmupConfig if phase == "warmup" else FinetuneConfig, path)
+    assert cfg.ssl.preset == backbone and resolve_preset(backbone).family == backbone.split("_")[0]
+    paper = load_config(type(cfg), RECIPE / "conf" / f"{corpus}_wavlm_base_plus_{phase}.yaml")
+    assert dataclasses.replace(cfg, ssl=dataclasses.replace(cfg.ssl, preset=paper.ssl.preset)) == paper
+
+
+TINY_BASELINE = dict(TINY_FINETUNE, ssl=dict(TINY_FINETUNE["ssl"], zero_init_adapters=True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family, form, backbone", [("hubert", "post_ln", "hubert_base"),
+                                                    ("wavlm", "pre_ln", "wavlm_large")])
+def test_stages_3_to_6_and_the_baseline_with_other_backbones(vox1_run, tmp_path: Path, family: str, form: str,
+                                                             backbone: str) -> None:
+    from tests.ssl_models import save_arch
+
+    data, corpora, _ = vox1_run
+    pretrained = save_arch(tmp_path / "pretrained", family, form)
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    for name, content in ((f"vox1_{backbone}_warmup.yaml", TINY_WARMUP), (f"vox1_{backbone}_finetune.yaml",
+                          TINY_FINETUNE), ("baseline_finetune.yaml", TINY_BASELINE), ("extract.yaml", TINY_EXTRACT)):
+        (conf / name).write_text(yaml.safe_dump(content), encoding="utf-8")
+    common = ("--conf", str(conf), "--device", "cpu", "--backbone", backbone, "--pretrained", str(pretrained))
+    exp = tmp_path / "exp"
+    proc = run_recipe(data.parent, corpora, "--stage", "3", "--stop_stage", "6", "--exp", str(exp), *common)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    student = torch.load(exp / "warmup" / "student.pt", map_location="cpu", weights_only=True)
+    assert student["backbone_config"]["model_type"] == family
+    assert student["backbone_config"]["do_stable_layer_norm"] is (form == "pre_ln")
+    for condition in ["vox1_test"] + [f"vox1_test_{c}_{s}" for c in CATEGORIES for s in SNRS]:
+        assert (exp / "embeddings" / condition / "xvector.scp").is_file(), condition
+    header, *rows = [line.split("\t") for line in (exp / "results.tsv").read_text().splitlines()]
+    assert {row[header.index("condition")] for row in rows} >= {"clean", "babble_0"}
+    baseline = tmp_path / "baseline"
+    proc = run_recipe(data.parent, corpora, "--stage", "3", "--stop_stage", "4", "--exp", str(baseline),
+                      "--skip_warmup", "true", *common)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "warm-up skipped" in proc.stdout and not (baseline / "warmup").exists()
+    model = torch.load(baseline / "finetune" / "avg_model.pt", map_location="cpu", weights_only=True)
+    assert model["ssl"]["backbone_config"]["model_type"] == family

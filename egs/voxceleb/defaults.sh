@@ -14,8 +14,9 @@ train_corpus=vox1       # vox1: train on Vox1 dev, test Vox1-O; vox2: train on V
 train_shards=false      # also write tar shards of the training set (set data.list_type: shard to use them)
 skip_warmup=false       # true: the baseline, fine-tuning WavLM Base+ without the NAW-SV warm-up
 protocol=nawsv          # nawsv: nawsv's fixed version; released: every switch at the released code's value
-recipe_switches="protocol"   # read here only (not passed to local/prepare_data.sh)
-pretrained=${pretrained:-}   # local Hugging Face dir of microsoft/wavlm-base-plus (stages 3-4)
+backbone=wavlm_base_plus     # the SSL model: wavlm_base_plus (the paper's), hubert_base, wavlm_large (conf/*_<backbone>_*)
+recipe_switches="protocol backbone"   # read here only (not passed to local/prepare_data.sh)
+pretrained=${pretrained:-}   # local Hugging Face dir of the backbone, e.g. microsoft/wavlm-base-plus (stages 3-4)
 recipe_options="vox1_root vox2_root vox2_wav_dir vox2_flac_dir musan_root rirs_root nonspeech_root trials_dir
   train_corpus train_shards"
 
@@ -31,6 +32,8 @@ for ((__vc_i = 0; __vc_i < ${#__vc_args[@]}; __vc_i++)); do
     --skip_warmup=*|--skip-warmup=*) skip_warmup=${__vc_args[__vc_i]#*=} ;;
     --protocol) protocol=${__vc_args[__vc_i + 1]:-} ;;
     --protocol=*) protocol=${__vc_args[__vc_i]#*=} ;;
+    --backbone) backbone=${__vc_args[__vc_i + 1]:-} ;;
+    --backbone=*) backbone=${__vc_args[__vc_i]#*=} ;;
   esac
 done
 unset __vc_args __vc_i
@@ -59,13 +62,26 @@ case "$train_corpus" in
     test_sets="vox1_test vox1_all" ;;
   *) echo "egs/voxceleb: --train_corpus must be vox1 or vox2, got '$train_corpus'" >&2; exit 1 ;;
 esac
+if [ "$protocol" = released ] && [ "$backbone" != wavlm_base_plus ]; then
+  echo "egs/voxceleb: --protocol released reproduces the authors' WavLM Base+ runs only; use --backbone" \
+    "wavlm_base_plus, or --protocol nawsv with --backbone $backbone" >&2
+  exit 1
+fi
+if [ ! -f "$recipe/conf/${train_corpus}_${backbone}_warmup.yaml" ]; then
+  __vc_known=$(cd "$recipe/conf" && ls ${train_corpus}_*_warmup.yaml | sed "s/^${train_corpus}_//; s/_warmup.yaml$//")
+  echo "egs/voxceleb: --backbone '$backbone' has no configs (conf/${train_corpus}_${backbone}_{warmup,finetune}.yaml);" \
+    "choose from:" $__vc_known >&2
+  exit 1
+fi
 noisy_test_sets=vox1_test                                    # stage 2: test sets that get noisy copies
-warmup_config=${prefix}${train_corpus}_wavlm_base_plus_warmup.yaml   # a file name is looked up in conf/, a path as is
+warmup_config=${prefix}${train_corpus}_${backbone}_warmup.yaml   # a file name is looked up in conf/, a path as is
+__vc_name=$train_corpus                                      # exp/<corpus>[_<backbone>]_{nawsv,baseline}[_released]
+[ "$backbone" = wavlm_base_plus ] || __vc_name=${train_corpus}_${backbone}
 if [ "$skip_warmup" = true ]; then
   finetune_config=${prefix}baseline_finetune.yaml
-  exp=$recipe/exp/${train_corpus}_baseline$suffix
+  exp=$recipe/exp/${__vc_name}_baseline$suffix
 else
-  finetune_config=${prefix}${train_corpus}_wavlm_base_plus_finetune.yaml
-  exp=$recipe/exp/${train_corpus}_nawsv$suffix
+  finetune_config=${prefix}${train_corpus}_${backbone}_finetune.yaml
+  exp=$recipe/exp/${__vc_name}_nawsv$suffix
 fi
-unset prefix suffix
+unset prefix suffix __vc_name

@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="noise bank for augmentation: the MUSAN train half (data/musan_train)")
     parser.add_argument("--rirs", type=Path, help="RIR bank for augmentation (data/rirs); fine-tuning uses it")
     parser.add_argument("--exp_dir", type=Path, required=True, help="output dir, e.g. exp/nawsv/warmup")
-    parser.add_argument("--pretrained", help="local Hugging Face WavLM dir; overrides ssl.pretrained "
-                                             "(omit for the config's value; null there means random init)")
+    parser.add_argument("--pretrained", help="local Hugging Face dir of a WavLM, HuBERT or wav2vec 2.0 model; "
+                                             "overrides ssl.pretrained (omit for the config's value; null there "
+                                             "means random init)")
     parser.add_argument("--init", help="finetune: the warm-up student (exp/.../warmup/student.pt), or 'none' to "
                                        "fine-tune the pre-trained model without warm-up (baseline)")
     parser.add_argument("--dev_data", type=Path,
@@ -92,8 +93,8 @@ def _train(args: argparse.Namespace, cfg, ctx) -> None:
     from nawsv.train.loop import Trainer
 
     if cfg.ssl.random_init and not (args.task == "finetune" and args.init not in (None, "none")):
-        log.warning("ssl.pretrained is null: the WavLM is RANDOMLY INITIALISED (preset %r); results are not those "
-                    "of a pre-trained model", cfg.ssl.preset)
+        log.warning("ssl.pretrained is null: the SSL model is RANDOMLY INITIALISED (preset %r); results are not "
+                    "those of a pre-trained model", cfg.ssl.preset)
     store = UtteranceStore.from_data_dir(args.train_data, cfg.data.list_type)
     log.info("training list: %d utterances, %d speakers (%s)", len(store), len(store.speaker_ids), store.source)
     augmenter = _augmenter(args, cfg)

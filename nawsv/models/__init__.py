@@ -1,1 +1,1 @@
-"""Networks: WavLM student with adapters, frozen teacher, warm-up head, ECAPA-TDNN back-end."""
+"""Networks: SSL student (WavLM, HuBERT, wav2vec 2.0) with adapters, frozen teacher, warm-up head, ECAPA-TDNN."""

@@ -1,4 +1,4 @@
-"""Typed options of the SSL front-end (WavLM student / teacher), shared by the warm-up and fine-tune stages.
+"""Typed options of the SSL front-end (student / teacher), shared by the warm-up and fine-tune stages.
 
 Import-light on purpose (no torch / transformers): stage configs embed :class:`SSLConfig` and are validated
 before any model is built.
@@ -8,28 +8,57 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-# The WavLM convolutional front end: 7 layers, total stride 320 samples = one frame every 20 ms at 16 kHz,
-# receptive field 400 samples. Every preset keeps it so crops give the same frame counts as WavLM Base+.
-_CONV_KERNEL = [10, 3, 3, 3, 3, 2, 2]
-_CONV_STRIDE = [5, 2, 2, 2, 2, 2, 2]
+# The convolutional front end of WavLM, HuBERT and wav2vec 2.0: 7 layers, total stride 320 samples = one frame
+# every 20 ms at 16 kHz, receptive field 400 samples. Every preset keeps it (same frame counts for every backbone).
+CONV_KERNEL = [10, 3, 3, 3, 3, 2, 2]
+CONV_STRIDE = [5, 2, 2, 2, 2, 2, 2]
 
-# Random-initialisation architectures (the WavLMConfig keyword arguments). A pre-trained directory
-# (SSLConfig.pretrained) always brings its own config.json instead.
-_PRESET_COMMON: dict[str, Any] = dict(
-    conv_kernel=_CONV_KERNEL, conv_stride=_CONV_STRIDE, conv_bias=False, feat_extract_norm="group",
-    num_buckets=320, max_bucket_distance=800, do_stable_layer_norm=False,
-    hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.0, feat_proj_dropout=0.1,
-    layerdrop=0.05, mask_time_prob=0.05,
-)
-PRESETS: dict[str, dict[str, Any]] = {
+# Random-initialisation architectures: (family, keyword arguments of the family's HF config class). A pre-trained
+# directory (SSLConfig.pretrained) always brings its own config.json instead. Dropout and LayerDrop rates are
+# WavLM Base+'s for every preset (they only matter for benchmarks of random-init models).
+_DROPOUT: dict[str, Any] = dict(hidden_dropout=0.1, attention_dropout=0.1, activation_dropout=0.0,
+                                feat_proj_dropout=0.1, layerdrop=0.05, mask_time_prob=0.05)
+_CNN: dict[str, Any] = dict(conv_kernel=CONV_KERNEL, conv_stride=CONV_STRIDE, conv_dim=[512] * 7)
+# post-LN "Base": 12 x 768, GroupNorm in the first conv layer, no conv bias.
+_BASE: dict[str, Any] = dict(_DROPOUT, **_CNN, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                             intermediate_size=3072, num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16,
+                             feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False)
+# pre-LN "Large" ("stable layer norm"): 24 x 1024, LayerNorm after every conv layer, conv bias (not in WavLM).
+_LARGE: dict[str, Any] = dict(_BASE, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
+                              intermediate_size=4096, feat_extract_norm="layer", do_stable_layer_norm=True,
+                              conv_bias=True)
+_WAVLM: dict[str, Any] = dict(num_buckets=320, max_bucket_distance=800)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named architecture: the model family (nawsv.models.backbones.FAMILIES) and its config arguments."""
+
+    family: str
+    kwargs: dict[str, Any]
+    source: str                  # the published checkpoint with this architecture
+
+
+PRESETS: dict[str, Preset] = {
     # A very small WavLM for unit tests and the CPU mini recipe (about 0.7 M parameters).
-    "tiny": dict(_PRESET_COMMON, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=256,
-                 conv_dim=[64] * 7, num_conv_pos_embeddings=32, num_conv_pos_embedding_groups=8),
-    # The microsoft/wavlm-base-plus architecture (94.7 M parameters), for benchmarks without the weights.
-    "base_plus": dict(_PRESET_COMMON, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                      intermediate_size=3072, conv_dim=[512] * 7, num_conv_pos_embeddings=128,
-                      num_conv_pos_embedding_groups=16),
+    "tiny": Preset("wavlm", dict(_BASE, **_WAVLM, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
+                                 intermediate_size=256, conv_dim=[64] * 7, num_conv_pos_embeddings=32,
+                                 num_conv_pos_embedding_groups=8), "none (random init only)"),
+    "wavlm_base": Preset("wavlm", dict(_BASE, **_WAVLM), "microsoft/wavlm-base"),
+    "wavlm_base_plus": Preset("wavlm", dict(_BASE, **_WAVLM), "microsoft/wavlm-base-plus"),
+    "wavlm_large": Preset("wavlm", dict(_LARGE, **_WAVLM, conv_bias=False), "microsoft/wavlm-large"),
+    "hubert_base": Preset("hubert", dict(_BASE), "facebook/hubert-base-ls960"),
+    "hubert_large": Preset("hubert", dict(_LARGE), "facebook/hubert-large-ll60k"),
+    "wav2vec2_base": Preset("wav2vec2", dict(_BASE), "facebook/wav2vec2-base"),
+    "wav2vec2_large": Preset("wav2vec2", dict(_LARGE), "facebook/wav2vec2-large-lv60"),
 }
+# Former names, still accepted so that existing configs keep resolving to the same architecture.
+PRESET_ALIASES = {"base_plus": "wavlm_base_plus"}
+
+
+def resolve_preset(name: str) -> Preset:
+    """The architecture of preset ``name`` (or of its former name)."""
+    return PRESETS[PRESET_ALIASES.get(name, name)]
 
 # How the student's backbone is initialised: "full" copies every pre-trained tensor (nawsv); "released_partial"
 # leaves the positional convolution, the encoder LayerNorm and the mask embedding at random init, as the authors'
@@ -37,24 +66,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 INIT_MODES = {"full": "complete copy of the pre-trained model",
               "released_partial": "pos_conv_embed, encoder.layer_norm, masked_spec_embed left random (released code)"}
 
-FRAME_STRIDE = 320            # samples per WavLM frame (20 ms at 16 kHz)
+FRAME_STRIDE = 320            # samples per SSL frame (20 ms at 16 kHz)
 RECEPTIVE_FIELD = 400         # samples seen by the first frame
 
 
 def num_frames(num_samples: int) -> int:
-    """Frames the WavLM CNN produces for ``num_samples`` samples (149 for 3 s, 299 for 6 s)."""
+    """Frames the SSL CNN produces for ``num_samples`` samples (149 for 3 s, 299 for 6 s)."""
     frames = num_samples
-    for kernel, stride in zip(_CONV_KERNEL, _CONV_STRIDE, strict=True):
+    for kernel, stride in zip(CONV_KERNEL, CONV_STRIDE, strict=True):
         frames = (frames - kernel) // stride + 1
     return max(frames, 0)
 
 
 @dataclasses.dataclass
 class SSLConfig:
-    """WavLM source, adapters and SpecAugment-style masking (defaults: the phase-1 masking of the paper)."""
+    """SSL model source, adapters and SpecAugment-style masking (defaults: the phase-1 masking of the paper)."""
 
-    pretrained: str | None = None             # local Hugging Face model dir (e.g. wavlm-base-plus); None = random init
-    preset: Literal["tiny", "base_plus"] = "tiny"   # architecture used when pretrained is None
+    pretrained: str | None = None             # local HF model dir (WavLM, HuBERT, wav2vec 2.0); None = random init
+    preset: str = "tiny"                      # architecture used when pretrained is None (see PRESETS)
     init_seed: int = 0                        # seeds random init (model and adapters), so student == teacher backbone
     adapter_dim: int = 64                     # bottleneck width of the parallel adapters (768 -> 64 -> 768)
     zero_init_adapters: bool = False          # zero the up-projection: student == teacher at step 0 (spec 7.2-6)
@@ -70,8 +99,8 @@ class SSLConfig:
     def __post_init__(self) -> None:
         if self.pretrained is not None and not self.pretrained.strip():
             raise ValueError("pretrained must be a model directory or null (random init), not an empty string")
-        if self.preset not in PRESETS:
-            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {self.preset!r}")
+        if self.preset not in PRESETS and self.preset not in PRESET_ALIASES:
+            raise ValueError(f"preset must be one of {list(PRESETS)}, got {self.preset!r}")
         if self.layerdrop is not None and not 0.0 <= self.layerdrop < 1.0:
             raise ValueError(f"layerdrop must lie in [0, 1) or be null (the checkpoint's value), got {self.layerdrop}")
         if self.init not in INIT_MODES:

@@ -131,7 +131,7 @@ class FinetuneTask:
             log.info("SSL model: the warmed-up student from %s", init_student)
         else:
             self.ssl = build_student(dataclasses.replace(cfg.ssl, zero_init_adapters=True))
-            log.info("SSL model: no warm-up (baseline): the pre-trained WavLM, adapters zero-initialised so the "
+            log.info("SSL model: no warm-up (baseline): the pre-trained model, adapters zero-initialised so the "
                      "model starts as the plain pre-trained network")
         self.ssl.to(ctx.device)
         self.backend_kwargs = {"num_hidden_states": self.ssl.num_hidden_states, "input_dim": self.ssl.hidden_size,
