@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from nawsv.scoring.bootstrap import (BootstrapConfig, bootstrap_metrics, draw_multiplicities, mean_draws,
+from nawsv.scoring.bootstrap import (bootstrap_metrics, draw_multiplicities, mean_draws,
                                      paired_difference, percentile_interval, trial_units)
+from nawsv.scoring.config import BootstrapConfig
 from nawsv.scoring.metrics import compute_metrics
 from nawsv.utils.config import config_from_dict
 from nawsv.utils.errors import ConfigError, DataError
@@ -92,7 +93,7 @@ def test_speaker_units_weight_target_trials_once_per_copy() -> None:
 def test_coverage_of_the_true_eer_is_close_to_nominal() -> None:
     """Speakers with random target and non-target offsets: trials of one speaker are correlated, and the
     population EER is known: targets ~ N(mu, 1 + sigma^2), non-targets ~ N(0, 1 + sigma^2)."""
-    mu, sigma, speakers, datasets = 2.0, 0.6, 40, 200
+    mu, sigma, speakers, datasets = 2.0, 0.6, 40, 400
     true_eer = 0.5 * math.erfc(mu / (2 * math.sqrt(1 + sigma**2)) / math.sqrt(2))
     rng = np.random.default_rng(2024)
     pairs, labels, utt2spk = speaker_trials(rng, speakers=speakers, utts=6, nontargets=1200)
@@ -112,7 +113,7 @@ def test_coverage_of_the_true_eer_is_close_to_nominal() -> None:
     coverage = covered / datasets
     print(f"coverage of the true EER {true_eer:.4f} by 95 % speaker-bootstrap intervals: {coverage:.3f} "
           f"({datasets} data sets, 300 resamples)")
-    assert 0.90 <= coverage <= 0.99
+    assert 0.92 <= coverage <= 0.98
 
 
 def test_paired_difference_of_a_system_with_itself_is_exactly_zero() -> None:

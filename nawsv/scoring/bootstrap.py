@@ -24,32 +24,13 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
+from nawsv.scoring.config import BootstrapConfig
 from nawsv.scoring.metrics import _validated, compute_metrics
 from nawsv.utils.errors import DataError
 from nawsv.utils.seeding import stable_seed
 
 Unit = Literal["speaker", "utterance"]
 MAX_CHUNK_ELEMENTS = 1 << 24        # weights per chunk of resamples (int32: 64 MB per array)
-
-
-@dataclasses.dataclass
-class BootstrapConfig:
-    """Stage 6 ``bootstrap`` section: percentile intervals from resampled speakers or utterances."""
-
-    resamples: int = 1000              # 0 disables the intervals
-    unit: Unit = "speaker"             # what is resampled (see the module docstring and the README)
-    confidence: float = 0.95
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.resamples < 0 or 0 < self.resamples < 20:
-            raise ValueError(f"bootstrap.resamples must be 0 (off) or >= 20, got {self.resamples}")
-        if not 0.5 <= self.confidence < 1.0:
-            raise ValueError(f"bootstrap.confidence must be in [0.5, 1), got {self.confidence}")
-
-    @property
-    def enabled(self) -> bool:
-        return self.resamples > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +67,11 @@ def trial_units(pairs: Sequence[tuple[str, str]], unit: Unit, utt2spk: Mapping[s
     return TrialUnits(enrol, test, names, unit)
 
 
+def draws_for(units: TrialUnits, cfg: BootstrapConfig) -> np.ndarray:
+    """The configured resamples of a trial list's units (the same for every condition, method and experiment)."""
+    return draw_multiplicities(len(units.names), cfg.resamples, cfg.seed)
+
+
 def draw_multiplicities(num_units: int, resamples: int, seed: int) -> np.ndarray:
     """[resamples, num_units] int32 counts of each unit in a with-replacement draw of ``num_units`` units."""
     rng = np.random.default_rng(stable_seed(seed, "bootstrap", num_units))
@@ -111,6 +97,12 @@ class Replicates:
 
     def value(self, metric: str) -> float:
         return self.eer if metric == "eer" else self.min_dcf[_dcf_key(self.min_dcf, metric)]
+
+    def intervals(self, confidence: float) -> dict[str, tuple[float, float]]:
+        """``{"eer": (low, high), "mindcf_<p>": ...}`` (fractions), as results rows keep them."""
+        out = {"eer": percentile_interval(self.eer_draws, confidence)}
+        out.update({f"mindcf_{p:g}": percentile_interval(d, confidence) for p, d in self.min_dcf_draws.items()})
+        return out
 
 
 def _dcf_key(table: Mapping[float, object], metric: str) -> float:
