@@ -81,3 +81,26 @@ def plot_det(path: str | Path, curves: Sequence[tuple[str, np.ndarray, np.ndarra
     axis.legend(fontsize="small", loc="upper right")
     _save(figure, Path(path), dpi)
     plt.close(figure)
+
+
+def plot_warmup_diagnostics(path: str | Path, rows: Sequence[dict[str, float]], dpi: int = 120) -> None:
+    """Hint distance per layer (left) and clean/noisy embedding cosines (right) over warm-up epochs."""
+    plt = _pyplot()
+    epochs = [int(row["epoch"]) for row in rows]
+    layers = sorted((k for k in rows[0] if k.startswith("hint_layer_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10.0, 3.8))
+    colours = plt.cm.viridis(np.linspace(0.0, 0.9, max(len(layers), 1)))
+    for colour, key in zip(colours, layers, strict=True):
+        left.plot(epochs, [row[key] for row in rows], color=colour, linewidth=1, label=f"layer {key.rsplit('_', 1)[1]}")
+    left.plot(epochs, [row["hint"] for row in rows], color="black", linewidth=2, label="hint (weighted)")
+    left.set_yscale("log")
+    left.set_title("student (noisy) vs teacher (clean): MSE")
+    right.plot(epochs, [row["cos_student"] for row in rows], marker="o", label="student clean vs noisy")
+    right.plot(epochs, [row["cos_teacher"] for row in rows], marker="s", label="teacher clean vs student noisy")
+    right.set_title("cosine of warm-up head embeddings")
+    for axis in (left, right):
+        axis.set_xlabel("epoch (0 = before warm-up)")
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize="x-small", ncol=2 if axis is left and len(layers) > 6 else 1)
+    _save(figure, Path(path), dpi)
+    plt.close(figure)

@@ -22,11 +22,10 @@ import torch
 from torch import nn
 
 from nawsv.data.store import UtteranceStore, wrap_to_length
-from nawsv.utils.atomic import atomic_write_text
+from nawsv.train.diagnostics_record import FILE_NAME, record_diagnostics
 from nawsv.utils.seeding import rng_for
 
 log = logging.getLogger(__name__)
-FILE_NAME = "diagnostics.tsv"
 
 
 @dataclasses.dataclass
@@ -128,25 +127,3 @@ class WarmupDiagnostics:
         if self.path is not None:
             record_diagnostics(self.path, epoch, values)
         return values
-
-
-def read_diagnostics(path: Path) -> list[dict[str, float]]:
-    """Rows of ``diagnostics.tsv`` (``epoch`` first), oldest first; empty when there is no file."""
-    if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    header = lines[0].split("\t") if lines else []
-    return [dict(zip(header, map(float, line.split("\t")), strict=True)) for line in lines[1:]]
-
-
-def record_diagnostics(path: Path, epoch: int, values: dict[str, float]) -> None:
-    """Add (or, on a resumed run, replace) the row of ``epoch``; atomic."""
-    rows = [row for row in read_diagnostics(path) if int(row["epoch"]) != epoch]
-    rows.append({"epoch": float(epoch), **values})
-    rows.sort(key=lambda row: row["epoch"])
-    header = ["epoch"] + sorted((k for k in values if k.startswith("hint_layer_")),
-                                key=lambda k: int(k.rsplit("_", 1)[1]))
-    header += [k for k in values if not k.startswith("hint_layer_")]
-    lines = ["\t".join(header)]
-    lines += ["\t".join(str(int(row["epoch"])) if k == "epoch" else f"{row[k]:.6g}" for k in header) for row in rows]
-    atomic_write_text(path, "\n".join(lines) + "\n")
