@@ -104,3 +104,29 @@ def plot_warmup_diagnostics(path: str | Path, rows: Sequence[dict[str, float]], 
         axis.legend(fontsize="x-small", ncol=2 if axis is left and len(layers) > 6 else 1)
     _save(figure, Path(path), dpi)
     plt.close(figure)
+
+
+def plot_compare_eer_vs_snr(path: str | Path,
+                            panels: Sequence[tuple[str, dict[str, list[tuple[int, float, float, float]]],
+                                                   dict[str, float]]],
+                            ylabel: str, dpi: int = 120) -> None:
+    """One panel per category: a line per experiment over SNR with its interval as error bars, and each
+    experiment's clean value as a dashed line of the same colour."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False, sharey=True)
+    for axis, (title, lines, cleans) in zip(axes[0], panels, strict=True):
+        for position, (name, points) in enumerate(lines.items()):
+            snrs, values, lows, highs = (np.array(v) for v in zip(*points, strict=True))
+            shift = (position - (len(lines) - 1) / 2) * 0.3          # keep overlapping error bars apart
+            bars = axis.errorbar(snrs + shift, values, yerr=[values - lows, highs - values], marker="o", capsize=3,
+                                 label=name)
+            if name in cleans:
+                axis.axhline(cleans[name], color=bars[0].get_color(), linestyle="--", linewidth=1)
+        axis.set_xticks(sorted({snr for points in lines.values() for snr, *_ in points}))
+        axis.set_xlabel("SNR (dB)")
+        axis.set_title(title, fontsize="medium")
+        axis.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][0].legend(fontsize="small")
+    _save(figure, Path(path), dpi)
+    plt.close(figure)
