@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from nawsv.scoring.bootstrap import (bootstrap_metrics, draw_multiplicities, mean_draws,
+from nawsv.scoring.bootstrap import (Draws, bootstrap_metrics, mean_draws,
                                      paired_difference, percentile_interval, trial_units)
 from nawsv.scoring.config import BootstrapConfig
 from nawsv.scoring.metrics import compute_metrics
@@ -47,8 +47,9 @@ def test_each_resample_equals_the_metrics_of_the_replicated_trial_list(unit: str
     if ties:
         scores = np.round(scores, 1)
     units = trial_units(pairs, unit, utt2spk)
-    counts = draw_multiplicities(len(units.names), 40, seed=5)
-    result = bootstrap_metrics(scores, labels, units, counts, p_targets=(0.01, 0.1, 0.5))
+    draws = Draws(len(units.names), 40, seed=5)
+    result = bootstrap_metrics(scores, labels, units, draws, p_targets=(0.01, 0.1, 0.5))
+    counts = draws.rows(0, 40)
     point = compute_metrics(scores, labels, (0.01, 0.1, 0.5))
     assert result.eer == point.eer and result.min_dcf == point.min_dcf
     checked = 0
@@ -71,14 +72,15 @@ def test_draws_are_reproducible_with_a_seed_and_change_with_it() -> None:
     pairs, labels, utt2spk = speaker_trials(rng, speakers=20, utts=4, nontargets=300)
     scores = rng.normal(size=labels.size) + labels
     units = trial_units(pairs, "speaker", utt2spk)
-    first = bootstrap_metrics(scores, labels, units, draw_multiplicities(20, 200, seed=11))
-    again = bootstrap_metrics(scores, labels, units, draw_multiplicities(20, 200, seed=11))
-    other = bootstrap_metrics(scores, labels, units, draw_multiplicities(20, 200, seed=12))
+    first = bootstrap_metrics(scores, labels, units, Draws(20, 200, seed=11))
+    again = bootstrap_metrics(scores, labels, units, Draws(20, 200, seed=11))
+    other = bootstrap_metrics(scores, labels, units, Draws(20, 200, seed=12))
     assert np.array_equal(first.eer_draws, again.eer_draws)
     assert percentile_interval(first.eer_draws, 0.95) == percentile_interval(again.eer_draws, 0.95)
     assert not np.array_equal(first.eer_draws, other.eer_draws)
-    counts = draw_multiplicities(20, 200, seed=11)
+    counts = Draws(20, 200, seed=11).rows(0, 200)
     assert counts.sum(axis=1).tolist() == [20] * 200          # each resample draws as many units as there are
+    assert np.array_equal(Draws(20, 200, seed=11).rows(150, 200), counts[150:])   # rows do not depend on chunks
 
 
 def test_speaker_units_weight_target_trials_once_per_copy() -> None:
@@ -100,7 +102,7 @@ def test_coverage_of_the_true_eer_is_close_to_nominal() -> None:
     units = trial_units(pairs, "speaker", utt2spk)
     spk = np.array([int(a.split("/")[0][3:]) for a, _ in pairs])
     other = np.array([int(b.split("/")[0][3:]) for _, b in pairs])
-    counts = draw_multiplicities(speakers, 300, seed=1)
+    counts = Draws(speakers, 300, seed=1)
     covered = 0
     for _ in range(datasets):
         target_offset = rng.normal(0, sigma, speakers)
@@ -120,7 +122,7 @@ def test_paired_difference_of_a_system_with_itself_is_exactly_zero() -> None:
     rng = np.random.default_rng(1)
     pairs, labels, utt2spk = speaker_trials(rng, speakers=12, utts=6, nontargets=200)
     units = trial_units(pairs, "speaker", utt2spk)
-    counts = draw_multiplicities(12, 500, seed=0)
+    counts = Draws(12, 500, seed=0)
     system = bootstrap_metrics(rng.normal(size=labels.size) + labels, labels, units, counts)
     for metric in ("eer", "mindcf_0.01", "mindcf_0.05"):
         assert paired_difference([system], [system], metric, 0.95) == (0.0, 0.0, 0.0)
@@ -131,7 +133,7 @@ def test_paired_interval_is_narrower_than_the_unpaired_spread_for_correlated_sys
     rng = np.random.default_rng(4)
     pairs, labels, utt2spk = speaker_trials(rng, speakers=30, utts=6, nontargets=900)
     units = trial_units(pairs, "speaker", utt2spk)
-    counts = draw_multiplicities(30, 400, seed=0)
+    counts = Draws(30, 400, seed=0)
     base = rng.normal(size=labels.size) + 2.0 * labels
     a = bootstrap_metrics(base, labels, units, counts)
     b = bootstrap_metrics(base + 0.4 * labels + 0.1 * rng.normal(size=labels.size), labels, units, counts)
@@ -145,7 +147,7 @@ def test_mean_of_cells_uses_the_same_draws() -> None:
     rng = np.random.default_rng(5)
     pairs, labels, utt2spk = speaker_trials(rng, speakers=10, utts=4, nontargets=100)
     units = trial_units(pairs, "speaker", utt2spk)
-    counts = draw_multiplicities(10, 50, seed=0)
+    counts = Draws(10, 50, seed=0)
     cells = [bootstrap_metrics(rng.normal(size=labels.size) + k * labels, labels, units, counts) for k in (1, 2)]
     value, draws = mean_draws(cells, "eer")
     assert value == pytest.approx((cells[0].eer + cells[1].eer) / 2)

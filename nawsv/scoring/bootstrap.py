@@ -67,18 +67,30 @@ def trial_units(pairs: Sequence[tuple[str, str]], unit: Unit, utt2spk: Mapping[s
     return TrialUnits(enrol, test, names, unit)
 
 
-def draws_for(units: TrialUnits, cfg: BootstrapConfig) -> np.ndarray:
+@dataclasses.dataclass(frozen=True)
+class Draws:
+    """The resamples of a list of units: row r holds how often each unit was drawn in resample r.
+
+    Each row comes from its own seed (seed, number of units, r), so rows are made chunk by chunk on demand
+    (1,000 x 145,160 utterance counts would be 580 MB) and are the same however they are chunked.
+    """
+
+    num_units: int
+    resamples: int
+    seed: int
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """int32 [stop - start, num_units]; every row sums to num_units."""
+        out = np.empty((stop - start, self.num_units), dtype=np.int32)
+        for position, row in enumerate(range(start, stop)):
+            rng = np.random.default_rng(stable_seed(self.seed, "bootstrap", self.num_units, row))
+            out[position] = np.bincount(rng.integers(0, self.num_units, self.num_units), minlength=self.num_units)
+        return out
+
+
+def draws_for(units: TrialUnits, cfg: BootstrapConfig) -> Draws:
     """The configured resamples of a trial list's units (the same for every condition, method and experiment)."""
-    return draw_multiplicities(len(units.names), cfg.resamples, cfg.seed)
-
-
-def draw_multiplicities(num_units: int, resamples: int, seed: int) -> np.ndarray:
-    """[resamples, num_units] int32 counts of each unit in a with-replacement draw of ``num_units`` units."""
-    rng = np.random.default_rng(stable_seed(seed, "bootstrap", num_units))
-    draws = rng.integers(0, num_units, size=(resamples, num_units))
-    counts = np.zeros((resamples, num_units), dtype=np.int32)
-    np.add.at(counts, (np.repeat(np.arange(resamples), num_units), draws.reshape(-1)), 1)
-    return counts
+    return Draws(len(units.names), cfg.resamples, cfg.seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,28 +201,27 @@ def _chunk_metrics(trials: _SortedTrials, unit_weights: np.ndarray, p_targets: S
 
 
 def bootstrap_metrics(scores: np.ndarray | Sequence[float], labels: np.ndarray | Sequence[bool], units: TrialUnits,
-                      multiplicities: np.ndarray, p_targets: Sequence[float] = (0.01, 0.05), c_miss: float = 1.0,
+                      draws: Draws, p_targets: Sequence[float] = (0.01, 0.05), c_miss: float = 1.0,
                       c_fa: float = 1.0, source: str = "scores") -> Replicates:
-    """EER and minDCF of the trials and of every resample given by ``multiplicities`` [R, num_units]."""
+    """EER and minDCF of the trials (as :func:`compute_metrics`) and of every resample in ``draws``."""
     scores, labels = _validated(scores, labels, source)
     if units.enrol.shape != scores.shape:
         raise DataError(f"{source}: {scores.size} scores but {units.enrol.size} trials in the bootstrap units")
-    if multiplicities.ndim != 2 or multiplicities.shape[1] != len(units.names):
-        raise DataError(f"{source}: multiplicities must be [resamples, {len(units.names)}], "
-                        f"got {multiplicities.shape}")
+    if draws.num_units != len(units.names):
+        raise DataError(f"{source}: the draws are of {draws.num_units} units, the trials have {len(units.names)}")
     point = compute_metrics(scores, labels, p_targets, c_miss, c_fa, source)
     trials = _SortedTrials(scores, labels, units)
-    resamples = multiplicities.shape[0]
-    eer_draws = np.empty(resamples)
-    dcf_draws = {float(p): np.empty(resamples) for p in p_targets}
-    chunk = max(1, min(resamples, MAX_CHUNK_ELEMENTS // max(scores.size, 1)))
-    for start in range(0, resamples, chunk):
-        block = multiplicities[start:start + chunk].astype(np.int32)
+    eer_draws = np.empty(draws.resamples)
+    dcf_draws = {float(p): np.empty(draws.resamples) for p in p_targets}
+    chunk = max(1, min(draws.resamples, MAX_CHUNK_ELEMENTS // max(scores.size, 1)))
+    for start in range(0, draws.resamples, chunk):
+        stop = min(start + chunk, draws.resamples)
+        block = draws.rows(start, stop)
         block = np.hstack([block, np.ones((block.shape[0], 1), dtype=np.int32)])
         part_eer, part_dcf = _chunk_metrics(trials, block, p_targets, c_miss, c_fa)
-        eer_draws[start:start + chunk] = part_eer
+        eer_draws[start:stop] = part_eer
         for p in dcf_draws:
-            dcf_draws[p][start:start + chunk] = part_dcf[p]
+            dcf_draws[p][start:stop] = part_dcf[p]
     return Replicates(point.eer, dict(point.min_dcf), eer_draws, dcf_draws)
 
 
