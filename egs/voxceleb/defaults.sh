@@ -45,6 +45,8 @@ case "$train_corpus" in
 esac
 noisy_test_sets=vox1_test                                    # stage 2: test sets that get noisy copies
 warmup_config=${train_corpus}_wavlm_base_plus_warmup.yaml    # a file name is looked up in conf/, a path used as is
+baseline_exp=$recipe/exp/${train_corpus}_baseline          # --ablation true: where the baseline goes
+compare_dir=$recipe/exp/${train_corpus}_compare             # --ablation true: the comparison table and plots
 if [ "$skip_warmup" = true ]; then
   finetune_config=baseline_finetune.yaml
   exp=$recipe/exp/${train_corpus}_baseline
