@@ -181,7 +181,8 @@ class Comparison:
         base = [self.replicates[(0, trials, c, method)] for c in conditions]
         mine = [self.replicates[(index, trials, c, method)] for c in conditions]
         _, low, high = paired_difference(base, mine, metric, self.cfg.confidence)
-        value = self.value(index, trials, conditions, method, metric) - self.value(0, trials, conditions, method, metric)
+        value = (self.value(index, trials, conditions, method, metric)
+                 - self.value(0, trials, conditions, method, metric))
         return value, _scaled(metric, low), _scaled(metric, high)
 
 
@@ -358,8 +359,8 @@ def experiment_lines(experiments: Sequence[Experiment]) -> list[str]:
         for key in dict.fromkeys(k for f in flat for k in f):
             values = [f.get(key, "<absent>") for f in flat]
             if any(v != values[0] for v in values[1:]):
-                differing.append(f"- {stage} `{key}`: " + ", ".join(f"{e.name} {v!r}"
-                                                                      for e, v in zip(experiments, values, strict=True)))
+                pairs = zip(experiments, values, strict=True)
+                differing.append(f"- {stage} `{key}`: " + ", ".join(f"{e.name} {v!r}" for e, v in pairs))
     return out + (differing or ["- none"])
 
 

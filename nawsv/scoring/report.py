@@ -21,8 +21,8 @@ from nawsv.scoring.paper_reference import (PAPER_CATEGORIES, PAPER_NUM_TRIALS, P
 from nawsv.scoring.plots import plot_det, plot_eer_vs_snr
 from nawsv.scoring.results import GridLayout, ResultRow, cells_phrase, mean_of, read_results_tsv
 from nawsv.scoring.score_files import read_scores
-from nawsv.scoring.warmup_report import warmup_section
 from nawsv.scoring.stage import score_path
+from nawsv.scoring.warmup_report import warmup_section
 from nawsv.utils.atomic import atomic_write_text
 from nawsv.utils.config import config_from_dict, read_yaml
 from nawsv.utils.lock import directory_lock
