@@ -48,18 +48,28 @@ nnodes=1                # nodes for multi-node training (torchrun c10d rendezvou
 rdzv_endpoint=          # host:port of the rendezvous when nnodes > 1
 python=                 # interpreter; default: $root/.venv/bin/python (created by tools/install.sh)
 dry_run=false           # print the commands instead of running them
+ablation=false          # true: also run the baseline without warm-up (stages 3-7, same data, configs and seeds)
+                        #   in $baseline_exp, then compare both in one table (nawsv compare) in $compare_dir
+baseline_exp=           # the baseline's experiment dir (default: <dir of $exp>/baseline)
+compare_dir=            # where the comparison goes (default: <dir of $exp>/compare)
 recipe_options=         # recipe option names forwarded to local/prepare_data.sh (set in defaults.sh)
 recipe_switches=        # recipe option names read by its defaults.sh only (listed by --help)
 . "$recipe/defaults.sh"
 
 help_message="Usage: bash run.sh [--recipe egs/<name>] [--stage N] [--stop_stage M] [--option value ...]
 Stages: 1 data preparation, 2 noisy test sets, 3 NAW-SV warm-up, 4 fine-tuning, 5 embeddings, 6 scoring,
-  7 report, 8 export."
+  7 report, 8 export. --ablation true adds the baseline (stages 3-7) and a comparison table."
 parse_options_names="recipe stage stop_stage data exp conf nj train_set test_sets materialize_noisy noisy_test_sets
   noisy_dir job num_jobs merge array_first pretrained skip_warmup warmup_config finetune_config noisy_config
-  score_config dev_set device nproc nnodes rdzv_endpoint python dry_run $recipe_options $recipe_switches"
+  score_config dev_set device nproc nnodes rdzv_endpoint python dry_run ablation baseline_exp compare_dir
+  $recipe_options $recipe_switches"
 . "$root/tools/parse_options.sh"
 [ $# -eq 0 ] || { echo "run.sh: unexpected argument '$1' (options are --name value)" >&2; exit 1; }
+if [ "$ablation" = true ] && [ "$skip_warmup" = true ]; then
+  echo "run.sh: --ablation true runs the baseline beside NAW-SV; drop --skip_warmup true" >&2; exit 1
+fi
+baseline_exp=${baseline_exp:-$(dirname "$exp")/baseline}
+compare_dir=${compare_dir:-$(dirname "$exp")/compare}
 noisy_root=$data${noisy_dir:+/$noisy_dir}
 
 if [ -z "$python" ]; then
@@ -181,4 +191,17 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
   echo "$(date +%T) stage 8: export -> $exp/export"
   run python -m nawsv.bin.export --model "$exp/finetune/avg_model.pt" --out_dir "$exp/export" \
     --config "$(config extract.yaml)"
+fi
+
+if [ "$ablation" = true ] && [ "$stop_stage" -ge 3 ]; then
+  first=$(( stage > 3 ? stage : 3 )); last=$(( stop_stage < 7 ? stop_stage : 7 ))
+  if [ "$first" -le "$last" ]; then
+    echo "$(date +%T) ablation: baseline without warm-up, stages $first-$last -> $baseline_exp"
+    bash "$root/run.sh" "${argv[@]}" --stage "$first" --stop_stage "$last" --skip_warmup true \
+      --exp "$baseline_exp" --ablation false
+  fi
+  if [ "$stop_stage" -ge 7 ]; then
+    echo "$(date +%T) comparison: baseline vs NAW-SV -> $compare_dir/compare.md"
+    run python -m nawsv.bin.compare "$baseline_exp" "$exp" --out "$compare_dir"
+  fi
 fi

@@ -1,4 +1,5 @@
 """Run benchmarks: ``python -m bench`` (all), ``python -m bench prepare``, ``--quick`` for a smoke run.
+``NAME:PART`` runs one part of a benchmark that has parts (``python -m bench scoring:bootstrap``).
 
 Each benchmark prints its figures and, where it has a reference, the ratio; results also go to
 bench/results/<name>.json. Numbers depend on the machine: compare ratios measured in the same run.
@@ -29,22 +30,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
     parser.add_argument("--quick", action="store_true", help="smaller workloads, for a smoke test")
     args = parser.parse_args(argv)
-    unknown = [n for n in args.names if n not in BENCHMARKS]
+    unknown = [n for n in args.names if n.partition(":")[0] not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
     print(f"# machine: {platform.machine()} {os.cpu_count()} cpu(s), python {platform.python_version()}")
     status = 0
     for name in args.names or list(BENCHMARKS):
         print(f"## {name}")
+        bench, _, part = name.partition(":")
+        module = importlib.import_module(BENCHMARKS[bench])
+        if part and part not in getattr(module, "PARTS", ()):
+            parser.error(f"benchmark {bench!r} has no part {part!r}; parts: {list(getattr(module, 'PARTS', ()))}")
         try:
-            figures = importlib.import_module(BENCHMARKS[name]).run(args)
+            figures = module.run(args, (part,)) if part else module.run(args)
         except Unavailable as exc:                 # e.g. the GPU benchmark on a CPU-only machine
             print(f"# {name} not run: {exc}", file=sys.stderr, flush=True)
             status = 2 if name in args.names else status
             continue
         for figure in figures:
             print(figure.line(), flush=True)
-        print(f"# saved {save(name, figures)}")
+        print(f"# saved {save(name.replace(':', '_'), figures)}")
     return status
 
 

@@ -6,7 +6,9 @@ trials; real Vox1-O has 4,874) and Vox1-H size (1,910 x 76 = 145,160 utterances,
 AS-norm cohort of 5,994 speakers x 3 utterances. Every timing includes reading the ark/scp and the trial list
 and writing the score file, as WeSpeaker's score.py / score_norm.py do; AS-norm timings also include building
 the 5,994 speaker means from the cohort utterances (WeSpeaker reads precomputed means). The Vox1-H AS-norm run
-is a fresh subprocess, so its peak RSS is its own.
+is a fresh subprocess, so its peak RSS is its own. The bootstrap figures time the 95 % intervals of stage 6
+(EER + two minDCFs, default 1,000 resamples) on the Vox1-H-size scores. ``python -m bench scoring:bootstrap``
+runs only that part (``scoring:cosine``, ``scoring:asnorm`` likewise).
 """
 from __future__ import annotations
 
@@ -21,7 +23,9 @@ import numpy as np
 
 from bench.common import Figure, peak_rss_mb, timer
 from nawsv.data.kaldi import read_table, read_trials, write_trials
+from nawsv.scoring.bootstrap import bootstrap_metrics, draws_for, trial_units
 from nawsv.scoring.asnorm import asnorm_scores, cohort_statistics, speaker_cohort, trial_rows
+from nawsv.scoring.config import BootstrapConfig
 from nawsv.scoring.cosine import index_trials, pair_scores, trial_labels, utterance_directions
 from nawsv.scoring.embeddings import read_vector_scp
 from nawsv.scoring.metrics import compute_metrics
@@ -31,6 +35,7 @@ from nawsv.utils.seeding import rng_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_N = 300
+PARTS = ("cosine", "asnorm", "bootstrap")
 
 
 def _build(root: Path, speakers: int, utts: int, trials: int, seed: str) -> None:
@@ -117,7 +122,29 @@ def _median_seconds(function, repeats: int) -> float:
     return float(np.median(times))
 
 
-def run(args: argparse.Namespace) -> list[Figure]:
+def _bootstrap_figures(workload: Path, scores: np.ndarray, note: str) -> list[Figure]:
+    """Stage 6's intervals on one score set: speaker units (default) and utterance units."""
+    trials = read_trials(workload / "trials")
+    labels = trial_labels(trials)
+    pairs = [(t.enrol, t.test) for t in trials]
+    utt2spk = {key: key.split("/")[0] for pair in pairs for key in pair}
+    cfg = BootstrapConfig()
+    figures = []
+    for unit in ("speaker", "utterance"):
+        with timer() as setup:
+            units = trial_units(pairs, unit, utt2spk)
+            draws = draws_for(units, cfg)
+        with timer() as t:
+            result = bootstrap_metrics(scores, labels, units, draws, (0.01, 0.05))
+        low, high = np.percentile(result.eer_draws, [2.5, 97.5])
+        figures.append(Figure(f"bootstrap, {cfg.resamples} resamples of {len(units.names)} {unit}s, EER + 2 minDCF, "
+                              f"{len(scores)} scores", t["s"], "s", None, "",
+                              f"+{setup['s']:.2f} s units and draws; EER {100 * result.eer:.2f}% "
+                              f"[{100 * low:.2f}, {100 * high:.2f}]" + (f"; {note}" if note else "")))
+    return figures
+
+
+def run(args: argparse.Namespace, parts: tuple[str, ...] = PARTS) -> list[Figure]:
     quick = args.quick
     o_spk, o_utt, o_trials = (10, 122, 9_000) if quick else (40, 122, 37_611)
     h_spk, h_utt, h_trials = (191, 76, 55_089) if quick else (1_910, 76, 550_894)
@@ -130,34 +157,36 @@ def run(args: argparse.Namespace) -> list[Figure]:
     figures: list[Figure] = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        _build(tmp / "o", o_spk, o_utt, o_trials, "O")
         _build(tmp / "h", h_spk, h_utt, h_trials, "H")
-        _build_cohort(tmp / "c", cohort_speakers)
-
-        seconds = _median_seconds(lambda: cosine_pipeline(tmp / "o", tmp / "o.score"), 3)
-        figures.append(Figure(f"cosine, Vox1-O size ({o_spk * o_utt} utts, {o_trials} trials), incl. I/O",
-                              seconds, "s", ref(12.2), ">= 20x faster (<= 0.61 s)", note or "median of 3"))
+        if "cosine" in parts or "asnorm" in parts:
+            _build(tmp / "o", o_spk, o_utt, o_trials, "O")
+        if "cosine" in parts:
+            seconds = _median_seconds(lambda: cosine_pipeline(tmp / "o", tmp / "o.score"), 3)
+            figures.append(Figure(f"cosine, Vox1-O size ({o_spk * o_utt} utts, {o_trials} trials), incl. I/O",
+                                  seconds, "s", ref(12.2), ">= 20x faster (<= 0.61 s)", note or "median of 3"))
         with timer() as t:
             h_scores = cosine_pipeline(tmp / "h", tmp / "h.score")
-        figures.append(Figure(f"cosine, Vox1-H size ({h_spk * h_utt} utts, {h_trials} trials), incl. I/O",
-                              t["s"], "s", ref(168.0), "<= 8.5 s", note))
-
-        labels = trial_labels(read_trials(tmp / "h" / "trials"))
-        seconds = _median_seconds(lambda: compute_metrics(h_scores, labels, (0.01, 0.05)), 3)
-        metrics = compute_metrics(h_scores, labels, (0.01, 0.05))
-        figures.append(Figure(f"EER + minDCF(0.01, 0.05) on {h_trials} scores", seconds, "s", ref(3.2), "<= 1 s",
-                              f"median of 3; EER {100 * metrics.eer:.2f}%" + (f"; {note}" if note else "")))
-
-        seconds = _median_seconds(lambda: asnorm_pipeline(tmp / "o", tmp / "c", tmp / "o_asnorm.score"), 3)
-        o_asnorm = asnorm_pipeline(tmp / "o", tmp / "c", tmp / "o_asnorm.score")
-        figures.append(Figure(f"AS-norm top {TOP_N} of {cohort_speakers} cohort, Vox1-O size, incl. I/O", seconds,
-                              "s", ref(1.8), ">= 3x faster (<= 0.6 s)", note or "median of 3"))
-        diff = _naive_asnorm_max_diff(tmp / "o", tmp / "c", o_asnorm, 300)
-        figures.append(Figure("AS-norm max |ours - per-trial loop| over 300 trials", diff, "abs", None, "<= 1e-4"))
-
-        child = _asnorm_in_fresh_process(tmp / "h", tmp / "c", tmp / "h_asnorm.score")
-        figures.append(Figure(f"AS-norm top {TOP_N} of {cohort_speakers} cohort, Vox1-H size, incl. I/O",
-                              child["seconds"], "s", ref(49.0), ">= 3x faster (<= 16.3 s)", note))
-        figures.append(Figure("AS-norm Vox1-H size: peak RSS of a fresh process", child["peak_rss_mb"], "MB",
-                              ref(7.4 * 1024), "<= 1536 MB", "ratio < 1 is better here" if not quick else note))
+        if "cosine" in parts:
+            figures.append(Figure(f"cosine, Vox1-H size ({h_spk * h_utt} utts, {h_trials} trials), incl. I/O",
+                                  t["s"], "s", ref(168.0), "<= 8.5 s", note))
+            labels = trial_labels(read_trials(tmp / "h" / "trials"))
+            seconds = _median_seconds(lambda: compute_metrics(h_scores, labels, (0.01, 0.05)), 3)
+            metrics = compute_metrics(h_scores, labels, (0.01, 0.05))
+            figures.append(Figure(f"EER + minDCF(0.01, 0.05) on {h_trials} scores", seconds, "s", ref(3.2), "<= 1 s",
+                                  f"median of 3; EER {100 * metrics.eer:.2f}%" + (f"; {note}" if note else "")))
+        if "bootstrap" in parts:
+            figures += _bootstrap_figures(tmp / "h", h_scores, note)
+        if "asnorm" in parts:
+            _build_cohort(tmp / "c", cohort_speakers)
+            seconds = _median_seconds(lambda: asnorm_pipeline(tmp / "o", tmp / "c", tmp / "o_asnorm.score"), 3)
+            o_asnorm = asnorm_pipeline(tmp / "o", tmp / "c", tmp / "o_asnorm.score")
+            figures.append(Figure(f"AS-norm top {TOP_N} of {cohort_speakers} cohort, Vox1-O size, incl. I/O", seconds,
+                                  "s", ref(1.8), ">= 3x faster (<= 0.6 s)", note or "median of 3"))
+            diff = _naive_asnorm_max_diff(tmp / "o", tmp / "c", o_asnorm, 300)
+            figures.append(Figure("AS-norm max |ours - per-trial loop| over 300 trials", diff, "abs", None, "<= 1e-4"))
+            child = _asnorm_in_fresh_process(tmp / "h", tmp / "c", tmp / "h_asnorm.score")
+            figures.append(Figure(f"AS-norm top {TOP_N} of {cohort_speakers} cohort, Vox1-H size, incl. I/O",
+                                  child["seconds"], "s", ref(49.0), ">= 3x faster (<= 16.3 s)", note))
+            figures.append(Figure("AS-norm Vox1-H size: peak RSS of a fresh process", child["peak_rss_mb"], "MB",
+                                  ref(7.4 * 1024), "<= 1536 MB", "ratio < 1 is better here" if not quick else note))
     return figures

@@ -2,6 +2,7 @@
 
     nawsv embed  MODEL  wav.scp|DATA_DIR  out.ark   [--segments true]   -> out.ark + out.scp
     nawsv verify MODEL  enrol.wav test.wav          [--threshold 0.5]   -> "0.7312 accept"
+    nawsv compare EXP_A EXP_B [...]                 [--out DIR]         -> one table, paired intervals
 
 MODEL is an export dir (stage 8), an avg_model.pt, or a finetune/experiment dir holding one.
 """
@@ -30,7 +31,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = StageParser(prog="nawsv", description=__doc__,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{embed,verify}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{embed,verify,compare}")
     embed = commands.add_parser("embed", help="embed every utterance of a wav.scp or data dir to ark/scp",
                                 description="Write one embedding per utterance (keys sorted) to OUT_ARK and the "
                                             "matching scp next to it (OUT_ARK with .scp instead of .ark).")
@@ -49,6 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cosine of whole-utterance embeddings, mean segment-pair cosine, or their average")
     verify.add_argument("--threshold", type=float,
                         help="decision threshold: print accept when score >= threshold, else reject")
+    from nawsv.bin.compare import add_compare_arguments
+
+    compare = commands.add_parser("compare", help="compare experiments in one table with paired bootstrap intervals",
+                                  description="See python -m nawsv.bin.compare --help.")
+    add_compare_arguments(compare)
     return parser
 
 
@@ -95,6 +101,9 @@ def _verify(args: argparse.Namespace) -> int:
 def _main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    if args.command == "compare":
+        from nawsv.bin.compare import run
+        return run(args)
     return _embed(args) if args.command == "embed" else _verify(args)
 
 

@@ -91,6 +91,7 @@ optim: {lr: 1.0e-3, lr_min: 1.0e-3}
 run: {seed: 3, log_every_steps: 1}
 epochs: 2
 adapter_only_epochs: 1
+diagnostics: {held_out_utts: 2}
 """
 
 TINY_FINETUNE = """

@@ -47,6 +47,24 @@ def test_report_cli_writes_figures_and_comparison(tmp_path: Path) -> None:
     assert "![DET curves of tiny_O](det_tiny_O.png)" in text and "![EER versus SNR](eer_vs_snr.png)" in text
 
 
+def test_report_plots_the_warmup_diagnostics(tmp_path: Path) -> None:
+    from nawsv.train.diagnostics_record import record_diagnostics
+
+    exp, data = make_experiment(tmp_path, seed=6)
+    run_module("nawsv.bin.score", *score_args(exp, data, "--override", "bootstrap.resamples=0"), check=True)
+    run_module("nawsv.bin.report", "--exp_dir", str(exp), check=True)
+    assert "No warm-up in this experiment" in (exp / "report" / "report.md").read_text()
+    for epoch, hint in [(0, 0.5), (1, 0.25), (2, 0.125)]:
+        record_diagnostics(exp / "warmup" / "diagnostics.tsv", epoch,
+                           {"hint_layer_1": hint, "hint_layer_2": 2 * hint, "hint": 2.1 * hint,
+                            "cos_student": 0.5 + hint, "cos_teacher": 0.4 + hint})
+    run_module("nawsv.bin.report", "--exp_dir", str(exp), check=True)
+    text = (exp / "report" / "report.md").read_text()
+    assert "| 0 | 1.05 | 1.0000 | 0.9000 |" in text and "| 2 | 0.2625 | 0.6250 | 0.5250 |" in text
+    assert "The hint distance fell from 1.05 to 0.2625 over 2 epoch(s)." in text
+    assert (exp / "report" / "warmup_diagnostics.png").read_bytes().startswith(PNG_MAGIC)
+
+
 def test_report_without_results_is_a_clear_error(tmp_path: Path) -> None:
     proc = run_module("nawsv.bin.report", "--exp_dir", str(tmp_path / "nowhere"))
     assert proc.returncode == 2 and "results.tsv does not exist; run stage 6" in proc.stderr

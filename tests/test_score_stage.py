@@ -34,6 +34,7 @@ def make_experiment(root: Path, seed: int = 0) -> tuple[Path, Path]:
         write_embedding_set(exp / "embeddings" / f"{TEST_SET}_{name}", corrupted(rng, test, strength))
     write_embedding_set(exp / "embeddings" / "tiny_train", cohort)
     write_utt2spk(data / "tiny_train", cohort)
+    write_utt2spk(data / TEST_SET, test)
     write_trials(data / TEST_SET / "trials" / "tiny_O", random_trials(rng, test, 5, 120))
     return exp, data
 
@@ -103,16 +104,41 @@ def test_score_cli_end_to_end(tmp_path: Path) -> None:
             assert float(row["eer_percent"]) == pytest.approx(100 * eer, abs=1e-4)
             assert float(row["mindcf_0.01"]) == pytest.approx(dcfs[0.01][0], abs=1e-6)
             assert float(row["mindcf_0.05"]) == pytest.approx(dcfs[0.05][0], abs=1e-6)
+            bounds = [float(row[f"{name}_{end}"]) for name in ("eer_percent", "mindcf_0.01", "mindcf_0.05")
+                      for end in ("low", "high")]
+            assert bounds[0] <= bounds[1] and bounds[2] <= bounds[3] and bounds[4] <= bounds[5]
             if condition == "clean":
-                assert f"| {method} | {100 * eer:.3f} | {dcfs[0.01][0]:.4f} | {dcfs[0.05][0]:.4f} |" in md
+                assert (f"| {method} | {100 * eer:.3f} [{bounds[0]:.3f}, {bounds[1]:.3f}] | "
+                        f"{dcfs[0.01][0]:.4f} [{bounds[2]:.4f}, {bounds[3]:.4f}] | ") in md
             if method == "segment":
                 segment_eers[condition] = 100 * eer
     noise, music = segment_eers["noise_0"], segment_eers["music_0"]
-    assert f"| noise | {noise:.3f} | {noise:.3f} |" in md
-    assert f"| **mean (noise/music)** | {(noise + music) / 2:.3f} | {(noise + music) / 2:.3f} |" in md
+    assert f"| noise | {noise:.3f} [" in md
+    assert f"| **mean (noise/music)** | {(noise + music) / 2:.3f} [" in md
+    assert "1000 resamples of the trial list's speakers with replacement (seed 0)" in md
+    utt2spk = dict(line.split() for line in (data / TEST_SET / "utt2spk").read_text().splitlines())
+    kept = dict(line.split() for line in (exp / "scores" / "tiny_O.utt2spk").read_text().splitlines())
+    assert kept == {key: utt2spk[key] for trial in read_trials(data / TEST_SET / "trials" / "tiny_O")
+                    for key in (trial.enrol, trial.test)}
     assert "the mean of the 2 cells noise/music x 0 dB." in md
     saved = yaml.safe_load((exp / "scores" / "config.yaml").read_text())
     assert saved["conditions"] == ["noise_0", "music_0"] and saved["asnorm_top_n"] == TOP_N
+
+
+def test_intervals_are_reproducible_and_can_be_turned_off(tmp_path: Path) -> None:
+    exp, data = make_experiment(tmp_path, seed=3)
+    assert run_main(score_main, score_args(exp, data, "--override", "bootstrap.resamples=200")) == 0
+    first = (exp / "results.tsv").read_text()
+    assert run_main(score_main, score_args(exp, data, "--override", "bootstrap.resamples=200")) == 0
+    assert (exp / "results.tsv").read_text() == first
+    assert run_main(score_main, score_args(exp, data, "--override", "bootstrap.resamples=200",
+                                           "--override", "bootstrap.seed=1")) == 0
+    assert (exp / "results.tsv").read_text() != first
+    assert run_main(score_main, score_args(exp, data, "--override", "bootstrap.resamples=0")) == 0
+    header = (exp / "results.tsv").read_text().splitlines()[0].split("\t")
+    assert header[-1] == "mindcf_0.05" and " [" not in (exp / "results.md").read_text()
+    rows = read_tsv(exp / "results.tsv")
+    assert [r["eer_percent"] for r in rows] == [line.split("\t")[7] for line in first.splitlines()[1:]]
 
 
 def test_missing_segments_skip_segment_and_full(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -62,3 +62,24 @@ def test_dry_run_prints_stage_commands(tmp_path: Path) -> None:
 def test_unknown_recipe_option() -> None:
     proc = subprocess.run(["bash", str(ROOT / "run.sh"), "--vox1_root", "/x"], capture_output=True, text=True)
     assert proc.returncode != 0 and "unknown option --vox1_root" in proc.stderr
+
+
+def test_ablation_runs_the_baseline_on_the_same_data_then_compares(tmp_path: Path) -> None:
+    exp = tmp_path / "exp" / "nawsv"
+    proc = subprocess.run(["bash", str(ROOT / "run.sh"), "--dry_run", "true", "--exp", str(exp), "--stage", "3",
+                           "--ablation", "true"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    nawsv_part, _, baseline_part = out.partition("ablation: baseline without warm-up, stages 3-7")
+    assert "train warmup" in nawsv_part and "stage 8: export" in nawsv_part
+    assert "warm-up skipped (--skip_warmup true: baseline)" in baseline_part and "train warmup" not in baseline_part
+    assert f"--init none --exp_dir {tmp_path}/exp/baseline/finetune" in baseline_part
+    assert "stage 8" not in baseline_part
+    assert (f"+ python -m nawsv.bin.compare {tmp_path}/exp/baseline {exp} --out {tmp_path}/exp/compare"
+            in out.splitlines())
+    default = subprocess.run(["bash", str(ROOT / "run.sh"), "--dry_run", "true", "--exp", str(exp), "--stage", "3"],
+                             capture_output=True, text=True)
+    assert "baseline" not in default.stdout and "compare" not in default.stdout
+    both = subprocess.run(["bash", str(ROOT / "run.sh"), "--dry_run", "true", "--ablation", "true", "--skip_warmup",
+                           "true"], capture_output=True, text=True)
+    assert both.returncode != 0 and "--ablation true runs the baseline beside NAW-SV" in both.stderr

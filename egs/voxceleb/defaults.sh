@@ -84,4 +84,6 @@ else
   finetune_config=${prefix}${train_corpus}_${backbone}_finetune.yaml
   exp=$recipe/exp/${__vc_name}_nawsv$suffix
 fi
+baseline_exp=$recipe/exp/${__vc_name}_baseline$suffix          # --ablation true: where the baseline goes
+compare_dir=$recipe/exp/${__vc_name}_compare$suffix            # --ablation true: the comparison table and plots
 unset prefix suffix __vc_name

@@ -97,6 +97,11 @@ def _train(args: argparse.Namespace, cfg, ctx) -> None:
                     "those of a pre-trained model", cfg.ssl.preset)
     store = UtteranceStore.from_data_dir(args.train_data, cfg.data.list_type)
     log.info("training list: %d utterances, %d speakers (%s)", len(store), len(store.speaker_ids), store.source)
+    full_store, held_out = store, []
+    if args.task == "warmup" and cfg.diagnostics.held_out_utts:
+        from nawsv.train.diagnostics import hold_out
+        store, held_out = hold_out(store, cfg.diagnostics.held_out_utts, cfg.run.seed)
+        log.info("diagnostics: %d utterances of training speakers held out of the warm-up", len(held_out))
     augmenter = _augmenter(args, cfg)
     seed_everything(cfg.run.seed)            # new modules (head, back-end, AAM) start from the same weights every run
     if args.task == "warmup":
@@ -110,7 +115,8 @@ def _train(args: argparse.Namespace, cfg, ctx) -> None:
     if args.dev_data is not None:                # every rank knows; rank 0 evaluates, the others wait
         from nawsv.train.dev_eval import DevEvaluator
         dev = DevEvaluator(args.dev_data, args.dev_trials)
-    Trainer(task, cfg.epochs, cfg.optim, cfg.run, args.exp_dir, ctx, dev=dev).fit(args.resume)
+    diagnostics = task.diagnostics(full_store, held_out, args.exp_dir) if held_out and ctx.is_main else None
+    Trainer(task, cfg.epochs, cfg.optim, cfg.run, args.exp_dir, ctx, dev=dev, diagnostics=diagnostics).fit(args.resume)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

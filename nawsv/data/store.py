@@ -81,6 +81,12 @@ class UtteranceStore:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def subset(self, indices: list[int]) -> "UtteranceStore":
+        """A store of the utterances at ``indices`` (in that order), sharing this one's audio access."""
+        keys = [self.keys[i] for i in indices]
+        return UtteranceStore(keys, [self.speakers[i] for i in indices], self.source, paths=self._paths,
+                              members=self._members)
+
     def num_samples(self, index: int) -> int:
         """Length in samples at 16 kHz (header read; whole decode for shards), remembered per utterance."""
         length = self._lengths.get(index)

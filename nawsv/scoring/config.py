@@ -20,6 +20,27 @@ def _check_method(name: str, key: str) -> None:
 
 
 @dataclasses.dataclass
+class BootstrapConfig:
+    """95 % intervals of every EER and minDCF: percentile bootstrap over resampled speakers or utterances
+    (nawsv.scoring.bootstrap says how trials are weighted)."""
+
+    resamples: int = 1000              # 0 disables the intervals
+    unit: Literal["speaker", "utterance"] = "speaker"
+    confidence: float = 0.95
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.resamples < 0 or 0 < self.resamples < 20:
+            raise ValueError(f"bootstrap.resamples must be 0 (off) or >= 20, got {self.resamples}")
+        if not 0.5 <= self.confidence < 1.0:
+            raise ValueError(f"bootstrap.confidence must be in [0.5, 1), got {self.confidence}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.resamples > 0
+
+
+@dataclasses.dataclass
 class ScoreConfig:
     """Options of stage 6."""
 
@@ -34,6 +55,7 @@ class ScoreConfig:
     clean_method: str = "full"         # the method shown for clean in summaries (the paper's clean protocol)
     noisy_method: str = "segment"      # the method of the noisy grids (the paper's noisy protocol)
     eer: Literal["sweep", "roc_interp"] = "sweep"   # roc_interp: the released code's interpolated EER (spec 5.1)
+    bootstrap: BootstrapConfig = dataclasses.field(default_factory=BootstrapConfig)
 
     def __post_init__(self) -> None:
         if not self.methods:

@@ -81,3 +81,52 @@ def plot_det(path: str | Path, curves: Sequence[tuple[str, np.ndarray, np.ndarra
     axis.legend(fontsize="small", loc="upper right")
     _save(figure, Path(path), dpi)
     plt.close(figure)
+
+
+def plot_warmup_diagnostics(path: str | Path, rows: Sequence[dict[str, float]], dpi: int = 120) -> None:
+    """Hint distance per layer (left) and clean/noisy embedding cosines (right) over warm-up epochs."""
+    plt = _pyplot()
+    epochs = [int(row["epoch"]) for row in rows]
+    layers = sorted((k for k in rows[0] if k.startswith("hint_layer_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10.0, 3.8))
+    colours = plt.cm.viridis(np.linspace(0.0, 0.9, max(len(layers), 1)))
+    for colour, key in zip(colours, layers, strict=True):
+        left.plot(epochs, [row[key] for row in rows], color=colour, linewidth=1, label=f"layer {key.rsplit('_', 1)[1]}")
+    left.plot(epochs, [row["hint"] for row in rows], color="black", linewidth=2, label="hint (weighted)")
+    left.set_yscale("log")
+    left.set_title("student (noisy) vs teacher (clean): MSE")
+    right.plot(epochs, [row["cos_student"] for row in rows], marker="o", label="student clean vs noisy")
+    right.plot(epochs, [row["cos_teacher"] for row in rows], marker="s", label="teacher clean vs student noisy")
+    right.set_title("cosine of warm-up head embeddings")
+    for axis in (left, right):
+        axis.set_xlabel("epoch (0 = before warm-up)")
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize="x-small", ncol=2 if axis is left and len(layers) > 6 else 1)
+    _save(figure, Path(path), dpi)
+    plt.close(figure)
+
+
+def plot_compare_eer_vs_snr(path: str | Path,
+                            panels: Sequence[tuple[str, dict[str, list[tuple[int, float, float, float]]],
+                                                   dict[str, float]]],
+                            ylabel: str, dpi: int = 120) -> None:
+    """One panel per category: a line per experiment over SNR with its interval as error bars, and each
+    experiment's clean value as a dashed line of the same colour."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False, sharey=True)
+    for axis, (title, lines, cleans) in zip(axes[0], panels, strict=True):
+        for position, (name, points) in enumerate(lines.items()):
+            snrs, values, lows, highs = (np.array(v) for v in zip(*points, strict=True))
+            shift = (position - (len(lines) - 1) / 2) * 0.3          # keep overlapping error bars apart
+            bars = axis.errorbar(snrs + shift, values, yerr=[values - lows, highs - values], marker="o", capsize=3,
+                                 label=name)
+            if name in cleans:
+                axis.axhline(cleans[name], color=bars[0].get_color(), linestyle="--", linewidth=1)
+        axis.set_xticks(sorted({snr for points in lines.values() for snr, *_ in points}))
+        axis.set_xlabel("SNR (dB)")
+        axis.set_title(title, fontsize="medium")
+        axis.grid(True, alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][0].legend(fontsize="small")
+    _save(figure, Path(path), dpi)
+    plt.close(figure)

@@ -23,6 +23,7 @@ from nawsv.scoring.plots import plot_det, plot_eer_vs_snr
 from nawsv.scoring.results import GridLayout, ResultRow, cells_phrase, mean_of, read_results_tsv
 from nawsv.scoring.score_files import read_scores
 from nawsv.scoring.stage import score_path
+from nawsv.scoring.warmup_report import warmup_section
 from nawsv.train.dev_metrics import read_dev_metrics
 from nawsv.utils.atomic import atomic_write_text
 from nawsv.utils.config import config_from_dict, read_yaml
@@ -221,6 +222,7 @@ def _write_report(exp_dir: Path, cfg: ReportConfig, rows: list[ResultRow], score
         if curves:
             plot_det(report_dir / f"det_{name}.png", curves, f"DET, trials {name}", cfg.dpi)
             out += [f"![DET curves of {name}](det_{name}.png)", ""]
+    out += warmup_section(exp_dir, report_dir, cfg.dpi)
     text = "\n".join(out).rstrip() + "\n"
     atomic_write_text(report_dir / "report.md", text)
     return text

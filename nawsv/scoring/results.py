@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import math
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -27,6 +28,15 @@ def dcf_column(p_target: float) -> str:
     return f"mindcf_{p_target:g}"
 
 
+def interval_columns(p_targets: Sequence[float]) -> tuple[str, ...]:
+    """``eer_percent_low eer_percent_high mindcf_<p>_low ...``: the bootstrap interval of every metric column."""
+    names = ("eer_percent",) + tuple(dcf_column(p) for p in p_targets)
+    return tuple(f"{name}_{end}" for name in names for end in ("low", "high"))
+
+
+Interval = tuple[float, float]
+
+
 @dataclasses.dataclass(frozen=True)
 class ResultRow:
     """Metrics of one trial list scored one way in one condition (EER and minDCF as fractions)."""
@@ -40,6 +50,14 @@ class ResultRow:
     num_trials: int
     eer: float
     min_dcf: dict[float, float]
+    intervals: dict[str, Interval] = dataclasses.field(default_factory=dict)   # metric -> (low, high), row units
+
+    def interval(self, name: str) -> Interval | None:
+        """The bootstrap interval of ``metric(name)`` in the same units (EER in percent), or None."""
+        found = self.intervals.get(name)
+        if found is None or name != "eer":
+            return found
+        return 100.0 * found[0], 100.0 * found[1]
 
     def metric(self, name: str) -> float:
         """``"eer"`` in percent, or ``"mindcf_<p>"``."""
@@ -52,13 +70,19 @@ class ResultRow:
 
 
 def write_results_tsv(path: str | Path, rows: Sequence[ResultRow], p_targets: Sequence[float]) -> None:
-    """One tab-separated row per result, with a header line; atomic."""
+    """One tab-separated row per result, with a header line; interval columns when the rows have intervals; atomic."""
+    with_intervals = any(row.intervals for row in rows)
+    header = BASE_COLUMNS + tuple(dcf_column(p) for p in p_targets)
     with atomic_open(path) as handle:
-        handle.write("\t".join(BASE_COLUMNS + tuple(dcf_column(p) for p in p_targets)) + "\n")
+        handle.write("\t".join(header + (interval_columns(p_targets) if with_intervals else ())) + "\n")
         for row in rows:
             fields = [row.trials, row.set_name, row.condition, row.category or MISSING,
                       MISSING if row.snr is None else str(row.snr), row.method, str(row.num_trials),
                       f"{100.0 * row.eer:.4f}"] + [f"{row.min_dcf[p]:.6f}" for p in p_targets]
+            if with_intervals:
+                for name, digits in [("eer", 4)] + [(dcf_column(p), 6) for p in p_targets]:
+                    bounds = row.interval(name) or (math.nan, math.nan)
+                    fields += [f"{bound:.{digits}f}" for bound in bounds]
             handle.write("\t".join(fields) + "\n")
 
 
@@ -75,11 +99,15 @@ def read_results_tsv(path: str | Path) -> list[ResultRow]:
     header = next(reader, None)
     if header is None or tuple(header[:len(BASE_COLUMNS)]) != BASE_COLUMNS:
         raise DataError(f"{path}: the header is not {' '.join(BASE_COLUMNS)} mindcf_<p>...; rerun stage 6")
-    dcf_names = header[len(BASE_COLUMNS):]
+    extra = header[len(BASE_COLUMNS):]
+    dcf_names = [name for name in extra if not name.endswith(("_low", "_high"))]
     try:
         p_targets = [float(name.removeprefix("mindcf_")) for name in dcf_names]
     except ValueError:
         raise DataError(f"{path}: the header names unknown columns {dcf_names}; rerun stage 6") from None
+    bounds = extra[len(dcf_names):]
+    if bounds and bounds != list(interval_columns(p_targets)):
+        raise DataError(f"{path}: the interval columns are not {' '.join(interval_columns(p_targets))}; rerun stage 6")
     rows = []
     for number, fields in enumerate(reader, 2):
         if len(fields) != len(header):
@@ -90,10 +118,23 @@ def read_results_tsv(path: str | Path) -> list[ResultRow]:
                 category=None if fields[3] == MISSING else fields[3],
                 snr=None if fields[4] == MISSING else int(fields[4]), method=fields[5],
                 num_trials=int(fields[6]), eer=float(fields[7]) / 100.0,
-                min_dcf={p: float(v) for p, v in zip(p_targets, fields[len(BASE_COLUMNS):], strict=True)}))
+                min_dcf={p: float(v) for p, v in zip(p_targets, fields[len(BASE_COLUMNS):][:len(p_targets)],
+                                                     strict=True)},
+                intervals=_parse_intervals(fields[len(BASE_COLUMNS) + len(p_targets):], p_targets)))
         except ValueError as exc:
             raise DataError(f"{path}:{number}: malformed number ({exc}); rerun stage 6") from None
     return rows
+
+
+def _parse_intervals(fields: Sequence[str], p_targets: Sequence[float]) -> dict[str, Interval]:
+    names = ["eer"] + [dcf_column(p) for p in p_targets]
+    values = [float(v) for v in fields]
+    out = {}
+    for position, name in enumerate(names if values else ()):
+        low, high = values[2 * position], values[2 * position + 1]
+        if not (math.isnan(low) or math.isnan(high)):
+            out[name] = (low / 100.0, high / 100.0) if name == "eer" else (low, high)
+    return out
 
 
 # ---- averages over the category x SNR grid ----
@@ -147,19 +188,34 @@ class GridLayout:
         return out
 
 
-def _fmt(value: float | None, digits: int) -> str:
-    return MISSING if value is None else f"{value:.{digits}f}"
+def _fmt(value: float | None, digits: int, interval: Interval | None = None) -> str:
+    """``9.444`` or, with a bootstrap interval, ``9.444 [6.389, 12.778]``."""
+    if value is None:
+        return MISSING
+    if interval is None:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{interval[0]:.{digits}f}, {interval[1]:.{digits}f}]"
 
 
-def grid_markdown(grid: dict[tuple[str, int], float], layout: GridLayout, digits: int) -> list[str]:
-    """A category x SNR table with a mean column and mean rows, and the sentences that define the means."""
+CellInterval = Callable[[list[tuple[str, int]]], "Interval | None"]
+MeanInterval = Callable[[str, str, str, list[str]], "Interval | None"]   # (trials, method, metric, conditions)
+
+
+def grid_markdown(grid: dict[tuple[str, int], float], layout: GridLayout, digits: int,
+                  interval: CellInterval | None = None) -> list[str]:
+    """A category x SNR table with a mean column and mean rows; ``interval(cells)`` gives the bootstrap interval
+    of a cell or of a mean over cells."""
     lines = ["| category | " + " | ".join(f"{s} dB" for s in layout.snrs) + " | mean |",
              "|---" * (len(layout.snrs) + 2) + "|"]
 
+    def cell(cells: list[tuple[str, int]]) -> str:
+        present = [c for c in cells if c in grid]
+        value = mean_of(grid, present)
+        return _fmt(value, digits, interval(present) if interval is not None and present else None)
+
     def row(label: str, cats: Sequence[str]) -> str:
-        per_snr = [mean_of(grid, [(c, s) for c in cats]) for s in layout.snrs]
-        overall = mean_of(grid, [(c, s) for c in cats for s in layout.snrs])
-        return f"| {label} | " + " | ".join(_fmt(v, digits) for v in per_snr) + f" | {_fmt(overall, digits)} |"
+        per_snr = [cell([(c, s) for c in cats]) for s in layout.snrs]
+        return f"| {label} | " + " | ".join(per_snr) + f" | {cell([(c, s) for c in cats for s in layout.snrs])} |"
 
     for category in layout.musan:
         lines.append(row(category, [category]))
@@ -200,12 +256,18 @@ def _clean_table(rows: Sequence[ResultRow], p_targets: Sequence[float]) -> list[
     header = "| method | EER (%) | " + " | ".join(f"minDCF({p:g})" for p in p_targets) + " | scoring |"
     lines = [header, "|---" * (len(p_targets) + 3) + "|"]
     for row in rows:
-        dcfs = " | ".join(f"{row.min_dcf[p]:.4f}" for p in p_targets)
-        lines.append(f"| {row.method} | {100 * row.eer:.3f} | {dcfs} | {METHOD_DESCRIPTIONS.get(row.method, '')} |")
+        dcfs = " | ".join(_fmt(row.min_dcf[p], 4, row.interval(dcf_column(p))) for p in p_targets)
+        lines.append(f"| {row.method} | {_fmt(100 * row.eer, 3, row.interval('eer'))} | {dcfs} | "
+                     f"{METHOD_DESCRIPTIONS.get(row.method, '')} |")
     return lines
 
 
-def _method_summary(rows: Sequence[ResultRow], methods: Sequence[str], layout: GridLayout) -> list[str]:
+def condition_name(cell: tuple[str, int]) -> str:
+    return f"{cell[0]}_{cell[1]}"
+
+
+def _method_summary(rows: Sequence[ResultRow], methods: Sequence[str], layout: GridLayout,
+                    interval: MeanInterval | None) -> list[str]:
     groups = layout.groups()
     header = "| method | clean | " + " | ".join(label for label, _ in groups) + " |"
     lines = [header, "|---" * (len(groups) + 2) + "|"]
@@ -215,19 +277,26 @@ def _method_summary(rows: Sequence[ResultRow], methods: Sequence[str], layout: G
             continue
         clean = next((r for r in mine if r.condition == CLEAN), None)
         grid = {(r.category, r.snr): r.metric("eer") for r in mine if r.category is not None}
-        means = [mean_of(grid, [(c, s) for c in cats for s in layout.snrs]) for _, cats in groups]
-        lines.append(f"| {method} | {_fmt(None if clean is None else 100 * clean.eer, 3)} | "
-                     + " | ".join(_fmt(v, 3) for v in means) + " |")
+        means = []
+        for _, cats in groups:
+            cells = [(c, s) for c in cats for s in layout.snrs if (c, s) in grid]
+            bounds = (interval(mine[0].trials, method, "eer", [condition_name(c) for c in cells])
+                      if interval is not None and cells else None)
+            means.append(_fmt(mean_of(grid, cells), 3, bounds))
+        clean_text = MISSING if clean is None else _fmt(100 * clean.eer, 3, clean.interval("eer"))
+        lines.append(f"| {method} | {clean_text} | " + " | ".join(means) + " |")
     return lines
 
 
 def results_markdown(rows: Sequence[ResultRow], *, title: str, methods: Sequence[str], p_targets: Sequence[float],
                      categories: Sequence[str], snrs: Sequence[int], noisy_method: str,
-                     notes: Sequence[str] = (), unlabelled: Sequence[str] = (), eer_method: str = "sweep",
+                     notes: Sequence[str] = (), unlabelled: Sequence[str] = (),
+                     interval: MeanInterval | None = None, eer_method: str = "sweep",
                      protocol: Sequence[str] = ()) -> str:
     """The human-readable results: clean rows, noisy grids (EER and each minDCF) and their averages.
 
-    ``protocol`` holds the lines that name the protocol and the switches differing from the released code
+    ``interval`` gives the bootstrap interval of a cell or a mean of cells (shown in brackets). ``protocol``
+    holds the lines that name the protocol and the switches differing from the released code
     (:func:`nawsv.protocol.summary_lines`); they come first, so no table is read without them.
     """
     out = [f"# {title}", ""] + list(protocol) + ([""] if protocol else [])
@@ -256,11 +325,15 @@ def results_markdown(rows: Sequence[ResultRow], *, title: str, methods: Sequence
         metrics = [("eer", "EER (%)", 3)] + [(dcf_column(p), f"minDCF({p:g})", 4) for p in p_targets]
         for position, (metric, label, digits) in enumerate(metrics):
             grid = {(r.category, r.snr): r.metric(metric) for r in chosen}
+            cells_interval = None
+            if interval is not None:
+                def cells_interval(cells, metric=metric):
+                    return interval(name, grid_method, metric, [condition_name(c) for c in cells])
             out += [f"### Noisy conditions: {label}, `{grid_method}` scoring ({protocol})", ""]
-            out += grid_markdown(grid, layout, digits) + [""]
+            out += grid_markdown(grid, layout, digits, cells_interval) + [""]
             out += (grid_notes(grid, layout) if position == 0 else ["Means over the same cells as for EER."]) + [""]
         out += ["### EER (%) per method: clean and noisy means (same cells as above)", ""]
-        out += _method_summary(mine, methods, layout) + [""]
+        out += _method_summary(mine, methods, layout, interval) + [""]
     for name in unlabelled:
         out += [f"## Trials {name}", "", "Unlabelled trial list: scores written, no metrics.", ""]
     return "\n".join(out).rstrip() + "\n"

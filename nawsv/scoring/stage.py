@@ -16,18 +16,20 @@ from typing import Sequence
 
 import numpy as np
 
-from nawsv.data.kaldi import Trial, printable_path, read_table, read_trials
+from nawsv.data.kaldi import Trial, printable_path, read_table, read_trials, write_table
 from nawsv.protocol import summary_lines
 from nawsv.scoring.asnorm import (Cohort, asnorm_scores, cohort_statistics, effective_top_n, speaker_cohort,
                                   trial_rows)
+from nawsv.scoring.bootstrap import (Replicates, TrialUnits, bootstrap_metrics, draws_for, mean_draws,
+                                     percentile_interval, trial_units)
 from nawsv.scoring.conditions import Condition, discover_conditions
-from nawsv.scoring.config import ScoreConfig
+from nawsv.scoring.config import BootstrapConfig, ScoreConfig
 from nawsv.scoring.cosine import (TrialIndex, full_scores, index_trials, pair_scores, segment_directions,
                                   trial_labels, utterance_directions)
 from nawsv.scoring.embeddings import read_matrix_scp, read_vector_scp
 from nawsv.scoring.metrics import compute_metrics
 from nawsv.scoring.provenance import experiment_record, write_experiment_record
-from nawsv.scoring.results import ResultRow, results_markdown, write_results_tsv
+from nawsv.scoring.results import Interval, MeanInterval, ResultRow, results_markdown, write_results_tsv
 from nawsv.scoring.score_files import write_scores
 from nawsv.utils.atomic import atomic_write_text
 from nawsv.utils.config import save_config
@@ -134,12 +136,41 @@ def score_condition(job: ScoreJob, cfg: ScoreConfig, condition: Condition, trial
 
 
 ScoreFile = tuple[Path, list[Trial], np.ndarray]
+CellKey = tuple[str, str, str]          # (trial list, condition, method)
 
 
-def score_test_set(job: ScoreJob, cfg: ScoreConfig
-                   ) -> tuple[list[ResultRow], list[str], list[Condition], list[str], list[ScoreFile]]:
-    """Score one clean test set and its noisy conditions; return rows, unlabelled lists, the conditions found,
-    notes and the score files to write."""
+@dataclasses.dataclass
+class SetScores:
+    """What scoring one test set produced, before anything is written."""
+
+    rows: list[ResultRow]
+    unlabelled: list[str]
+    conditions: list[Condition]
+    notes: list[str]
+    outputs: list[ScoreFile]
+    replicates: dict[CellKey, Replicates]
+    unit_tables: dict[str, dict[str, str]]       # trial list -> the utt2spk of its utterances (speaker units)
+
+
+def resample_plan(job: ScoreJob, cfg: BootstrapConfig, name: str, trials: list[Trial]
+                  ) -> tuple[TrialUnits, np.ndarray, dict[str, str]]:
+    """The units and resamples of one trial list (speakers from ``<data>/<test_set>/utt2spk``)."""
+    utt2spk: dict[str, str] = {}
+    if cfg.unit == "speaker":
+        path = job.data_dir / job.test_set / "utt2spk"
+        if not path.is_file():
+            raise DataError(f"{path} does not exist: the speaker bootstrap needs it; rerun stage 1, or set "
+                            f"--override bootstrap.unit=utterance")
+        table = read_table(path)
+        keys = {key for trial in trials for key in (trial.enrol, trial.test)}
+        utt2spk = {key: table[key] for key in sorted(keys) if key in table}
+    pairs = [(t.enrol, t.test) for t in trials]
+    units = trial_units(pairs, cfg.unit, utt2spk, source=str(job.trials_dir / name))
+    return units, draws_for(units, cfg), utt2spk
+
+
+def score_test_set(job: ScoreJob, cfg: ScoreConfig) -> SetScores:
+    """Score one clean test set and its noisy conditions (with bootstrap replicates when enabled)."""
     if "asnorm" in cfg.methods and not job.cohort_set:
         raise ConfigError("the asnorm method needs a cohort: pass --cohort_set <training set with embeddings> "
                           "(e.g. mini_dev), or drop it with --override 'methods=[cosine,segment,full]'")
@@ -152,8 +183,10 @@ def score_test_set(job: ScoreJob, cfg: ScoreConfig
     unlabelled = [name for name, value in labels.items() if value is None]
     for name in unlabelled:
         log.warning("trial list %s has no target/nontarget labels: writing its scores without metrics", name)
+    plans: dict[str, tuple[TrialUnits, np.ndarray, dict[str, str]]] = {}   # made after the embeddings are checked
     rows: list[ResultRow] = []
     outputs: list[ScoreFile] = []
+    replicates: dict[CellKey, Replicates] = {}
     for condition in conditions:
         scored = score_condition(job, cfg, condition, trial_lists, cohort, top_n)
         for name, by_method in scored.items():
@@ -161,12 +194,23 @@ def score_test_set(job: ScoreJob, cfg: ScoreConfig
                 outputs.append((score_path(job.scores_dir, name, condition.name, method), trial_lists[name], scores))
                 if labels[name] is None:
                     continue
-                metrics = compute_metrics(scores, labels[name], cfg.p_targets, cfg.c_miss, cfg.c_fa,
-                                          source=f"{name} / {condition.name} / {method}", eer_method=cfg.eer)
+                source = f"{name} / {condition.name} / {method}"
+                metrics = compute_metrics(scores, labels[name], cfg.p_targets, cfg.c_miss, cfg.c_fa, source=source,
+                                          eer_method=cfg.eer)
+                eer, min_dcf, intervals = metrics.eer, metrics.min_dcf, {}
+                if cfg.bootstrap.enabled:
+                    if name not in plans:
+                        plans[name] = resample_plan(job, cfg.bootstrap, name, trial_lists[name])
+                    units, draws, _ = plans[name]
+                    cell = bootstrap_metrics(scores, labels[name], units, draws, cfg.p_targets, cfg.c_miss,
+                                             cfg.c_fa, source)
+                    replicates[(name, condition.name, method)] = cell
+                    intervals = cell.intervals(cfg.bootstrap.confidence)
                 rows.append(ResultRow(name, condition.set_name, condition.name, condition.category, condition.snr,
-                                      method, len(scores), metrics.eer, metrics.min_dcf))
+                                      method, len(scores), eer, min_dcf, intervals))
         log.info("scored %s", condition.set_name)
-    return rows, unlabelled, conditions, _notes(job, top_n, cohort) + _not_built(job, cfg, conditions), outputs
+    return SetScores(rows, unlabelled, conditions, _notes(job, top_n, cohort) + _not_built(job, cfg, conditions),
+                     outputs, replicates, {name: plan[2] for name, plan in plans.items() if plan[2]})
 
 
 def run_score_stage(jobs: ScoreJob | Sequence[ScoreJob], cfg: ScoreConfig) -> tuple[list[ResultRow], str]:
@@ -187,30 +231,30 @@ def run_score_stage(jobs: ScoreJob | Sequence[ScoreJob], cfg: ScoreConfig) -> tu
 
 
 def _score_and_write(jobs: list[ScoreJob], cfg: ScoreConfig) -> tuple[list[ResultRow], str]:
-    rows: list[ResultRow] = []
-    unlabelled: list[str] = []
-    noisy: list[str] = []
-    noisy_sets: list[str] = []
-    notes: list[str] = []
-    outputs: list[ScoreFile] = []
-    for job in jobs:
-        set_rows, set_unlabelled, conditions, set_notes, set_outputs = score_test_set(job, cfg)
-        rows += set_rows
-        unlabelled += set_unlabelled
-        noisy += [c.name for c in conditions if not c.is_clean and c.name not in noisy]
-        noisy_sets += [c.set_name for c in conditions if not c.is_clean]
-        notes += set_notes
-        outputs += set_outputs
+    results = [score_test_set(job, cfg) for job in jobs]
+    rows = [row for result in results for row in result.rows]
+    noisy = list(dict.fromkeys(c.name for result in results for c in result.conditions if not c.is_clean))
+    notes = [note for result in results for note in result.notes]
+    replicates = {key: cell for result in results for key, cell in result.replicates.items()}
+    noisy_sets = [c.set_name for result in results for c in result.conditions if not c.is_clean]
     exp_dir = jobs[0].exp_dir
-    for path, trials, scores in outputs:
+    for path, trials, scores in (output for result in results for output in result.outputs):
         write_scores(path, trials, scores)
+    for result in results:
+        for name, table in result.unit_tables.items():
+            write_table(jobs[0].scores_dir / f"{name}.utt2spk", table)
     save_config(dataclasses.replace(cfg, conditions=noisy), jobs[0].scores_dir, allow_change=True)
     record = experiment_record(exp_dir, noisy_sets, cfg)
     write_experiment_record(exp_dir, record)
+    interval = None
+    if replicates:
+        notes.append(bootstrap_note(cfg.bootstrap))
+        interval = mean_interval_of(replicates, cfg.bootstrap.confidence)
     text = results_markdown(rows, title=f"Results of {printable_path(exp_dir.resolve().name)}", methods=cfg.methods,
                             p_targets=cfg.p_targets, categories=cfg.categories, snrs=cfg.snrs,
-                            noisy_method=cfg.noisy_method, notes=notes, unlabelled=unlabelled, eer_method=cfg.eer,
-                            protocol=summary_lines(record))
+                            noisy_method=cfg.noisy_method, notes=notes,
+                            unlabelled=[name for result in results for name in result.unlabelled], interval=interval,
+                            eer_method=cfg.eer, protocol=summary_lines(record))
     write_results_tsv(exp_dir / "results.tsv", rows, cfg.p_targets)
     atomic_write_text(exp_dir / "results.md", text)
     return rows, text
@@ -225,6 +269,26 @@ def _not_built(job: ScoreJob, cfg: ScoreConfig, conditions: Sequence[Condition])
     why = " (nonspeech needs a Nonspeech100 folder in stage 1)" if "nonspeech" in absent else ""
     return [f"{job.test_set}: no {'/'.join(absent)} cells: stage 2 did not build them{why}; every mean below is over "
             f"the cells that exist"]
+
+
+def bootstrap_note(cfg: BootstrapConfig) -> str:
+    """The sentence that says what the bracketed intervals are."""
+    what = "speakers" if cfg.unit == "speaker" else "utterances"
+    return (f"[low, high]: {100 * cfg.confidence:g} % percentile bootstrap interval, {cfg.resamples} resamples of the "
+            f"trial list's {what} with replacement (seed {cfg.seed}); every cell and mean of one trial list uses the "
+            f"same resamples (README, \"Confidence intervals\")")
+
+
+def mean_interval_of(replicates: dict[CellKey, Replicates], confidence: float) -> MeanInterval:
+    """Intervals of a cell or of a mean over conditions, in the units of the tables (EER in percent)."""
+    def interval(trials: str, method: str, metric: str, conditions: list[str]) -> Interval | None:
+        cells = [replicates.get((trials, condition, method)) for condition in conditions]
+        if not cells or any(cell is None for cell in cells):
+            return None
+        low, high = percentile_interval(mean_draws(cells, metric)[1], confidence)
+        scale = 100.0 if metric == "eer" else 1.0
+        return scale * low, scale * high
+    return interval
 
 
 def _notes(job: ScoreJob, top_n: int, cohort: Cohort | None) -> list[str]:

@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterable, Literal, Protocol
+from typing import Any, Callable, Iterable, Literal, Protocol
 
 import torch
 
@@ -135,7 +135,8 @@ class Trainer:
     """Runs a task for ``epochs`` epochs in ``out_dir`` (checkpoints under ``out_dir/checkpoints``)."""
 
     def __init__(self, task: Task, epochs: int, optim: OptimConfig, run: RunConfig, out_dir: str | Path,
-                 ctx: DistContext, dev: DevEvaluator | None = None) -> None:
+                 ctx: DistContext, dev: DevEvaluator | None = None,
+                 diagnostics: Callable[[int], dict[str, float]] | None = None) -> None:
         self.task = task
         self.epochs = epochs
         self.optim_cfg = optim
@@ -144,6 +145,7 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.ctx = ctx
         self.dev = dev
+        self.diagnostics = diagnostics       # rank 0 only: epoch -> values (nawsv.train.diagnostics)
         self.parameters = [p for m in task.modules().values() for p in m.parameters()]
         self.optimizer = self._new_optimizer()
         self.nonfinite_total = 0
@@ -297,6 +299,8 @@ class Trainer:
         start_epoch, start_step = self._start(resume)
         self._open_writer()
         try:
+            if start_epoch == 0 and start_step == 0:
+                self._diagnose(0)
             for epoch in range(start_epoch, self.epochs):
                 fresh = self.task.configure_epoch(epoch)
                 if fresh and start_step == 0 and epoch > 0:
@@ -308,6 +312,7 @@ class Trainer:
                     group["lr"] = lr
                 self._run_epoch(epoch, start_step, lr, progress_bar)
                 self._evaluate(epoch)
+                self._diagnose(epoch + 1)
                 start_step = 0
                 self._save(ckpt.epoch_checkpoint_name(epoch + 1), epoch + 1, 0)
             if self.ctx.is_main:
@@ -316,6 +321,11 @@ class Trainer:
         finally:
             if self.writer is not None:
                 self.writer.close()
+
+    def _diagnose(self, epoch: int) -> None:
+        """Task diagnostics before training (epoch 0) and after every epoch, logged under diagnostics/."""
+        if self.diagnostics is not None:
+            self._log_scalars({f"diagnostics/{k}": v for k, v in self.diagnostics(epoch).items()}, epoch)
 
     def _evaluate(self, epoch: int) -> None:
         """Score the dev trials on rank 0 (monitoring only); modules return to their training modes after."""

@@ -19,6 +19,7 @@ from nawsv.data.samplers import rank_share, speaker_pair_batches
 from nawsv.data.store import UtteranceStore
 from nawsv.data.train_sets import WarmupPairs, make_loader
 from nawsv.models.config import SSLConfig
+from nawsv.train.diagnostics import DiagnosticsConfig
 from nawsv.train.distributed import DistContext
 from nawsv.train.loop import OptimConfig, RunConfig
 
@@ -74,6 +75,7 @@ class WarmupConfig:
     adapter_only_epochs: int = 9            # epochs 1..9 train adapters + head + E-APN scalars only
     reset_optimizer_at_unfreeze: bool = True   # the original re-created Adam when the whole student unfroze
     teacher_input: Literal["clean", "noisy"] = "clean"   # noisy reproduces the released code's bug (spec §3.2)
+    diagnostics: DiagnosticsConfig = dataclasses.field(default_factory=DiagnosticsConfig)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or not 0 <= self.adapter_only_epochs <= self.epochs:
@@ -171,6 +173,15 @@ class WarmupTask:
 
     def dev_embed(self, wav: torch.Tensor) -> torch.Tensor:
         return self.head(self.student(wav))
+
+    def diagnostics(self, store: UtteranceStore, held_out: list[int], out_dir: Path):
+        """Hint distances and clean/noisy cosines on held-out utterances of ``store`` (nawsv.train.diagnostics)."""
+        from nawsv.train.diagnostics import WarmupDiagnostics, held_out_audio
+
+        clean, noisy = held_out_audio(store, held_out, self.dataset.crop_samples, self.dataset.augment,
+                                      self.cfg.run.seed)
+        return WarmupDiagnostics(self.student, self.teacher, self.head, self.hint, clean, noisy,
+                                 self.cfg.diagnostics.batch_size, out_dir)
 
     def finish(self, out_dir: Path, epochs: int) -> None:
         from nawsv.models.ssl import save_encoder
