@@ -50,7 +50,7 @@ def test_frozen_frontend_stays_in_eval_mode_without_grad(student_file: Path) -> 
 
 
 def test_trainable_frontend_masks_like_nawsv(student_file: Path) -> None:
-    frontend = NawsvSSLFrontend(init=str(student_file), frozen=False, seed=11, layerdrop=0.0)
+    frontend = NawsvSSLFrontend(init=str(student_file), frozen=False, seed=11)      # LayerDrop 0 by default
     frontend.train()
     reference = build_student_from_state(load_encoder_state(student_file),
                                          SSLConfig(mask_time_prob=0.05, mask_time_length=10, mask_feature_prob=0.0,

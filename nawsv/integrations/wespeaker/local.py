@@ -9,7 +9,6 @@ device calls. It is how the integration tests and small CPU runs train through W
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,9 @@ log = logging.getLogger(__name__)
 
 
 def init_single_process() -> None:
-    """A one-process gloo group (DistributedDataParallel needs one), unless one exists."""
-    if dist.is_initialized():
-        return
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29533")
-    dist.init_process_group("gloo", rank=0, world_size=1)
+    """A one-process gloo group (DistributedDataParallel needs one) on an in-memory store: no port to clash."""
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
 
 
 def build_model(configs: dict[str, Any], spk2id_dict: dict[str, int]) -> nn.Module:

@@ -45,8 +45,12 @@ def build_ssl(init: str, masking: dict[str, Any]) -> SSLEncoder:
 
 
 def _masking_config(masking: dict[str, Any], pretrained: str | None) -> SSLConfig:
-    """Phase-2 SSLConfig defaults (time masks 0.05 / 10, no channel masks) overridden by ``masking``."""
-    base = dict(mask_time_prob=0.05, mask_time_length=10, mask_feature_prob=0.0)
+    """Phase-2 SSLConfig defaults (time masks 0.05 / 10, no channel masks, no LayerDrop) overridden by ``masking``.
+
+    LayerDrop defaults to 0 here, unlike nawsv's trainer: WeSpeaker wraps the model in DistributedDataParallel
+    without ``find_unused_parameters``, and a skipped layer leaves parameters without gradient, which stops it.
+    """
+    base = dict(mask_time_prob=0.05, mask_time_length=10, mask_feature_prob=0.0, layerdrop=0.0)
     try:
         return SSLConfig(pretrained=pretrained, **{**base, **masking})
     except TypeError as exc:
@@ -129,8 +133,13 @@ class NawsvAAMProjection(AAMSoftmax):
     """WeSpeaker projection ``nawsv_aam_intertopk``: returns ``(logits, loss)``, so the executor uses nawsv's loss.
 
     The "logits" handed back are the plain cosines (the executor only takes their arg-max for its accuracy, which
-    is then nawsv's accuracy); ``update(margin=...)`` is what WeSpeaker's MarginScheduler calls.
+    is then nawsv's accuracy); ``update(margin=...)`` is what WeSpeaker's MarginScheduler calls. The margin is not
+    kept as extra state: WeSpeaker's scheduler sets it in every run, and its ``average_model.py`` sums every entry
+    of a state dict, which a non-tensor entry would break.
     """
+
+    get_extra_state = nn.Module.get_extra_state
+    set_extra_state = nn.Module.set_extra_state
 
     def update(self, margin: float) -> None:
         self.set_margin(margin)
