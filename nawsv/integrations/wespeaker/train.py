@@ -4,6 +4,7 @@ Same command line as WeSpeaker's entry, from a WeSpeaker recipe directory::
 
     torchrun --standalone --nproc_per_node=4 -m nawsv.integrations.wespeaker.train --config conf/nawsv_frozen.yaml
     python -m nawsv.integrations.wespeaker.train --config conf/nawsv_frozen.yaml --gpus "[0]"   # WORLD_SIZE=1
+    ... --ssl_init exp/nawsv/warmup/student.pt     # sets dataset_args.nawsv_ssl_args.init
 
 The config is checked and completed (:func:`~nawsv.integrations.wespeaker.registry.prepare_config`), written to
 ``<exp_dir>/nawsv_config.yaml`` and handed to WeSpeaker's ``train()``, which needs CUDA and NCCL as upstream.
@@ -25,11 +26,17 @@ SINGLE_PROCESS_ENV = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER
                       "MASTER_PORT": "29533"}
 
 
-def resolve(config: str, **overrides: Any) -> dict[str, Any]:
-    """WeSpeaker's own config parsing (YAML + top-level ``--key value`` overrides), then nawsv's checks."""
+def resolve(config: str, ssl_init: str | None = None, **overrides: Any) -> dict[str, Any]:
+    """WeSpeaker's own config parsing (YAML + top-level ``--key value`` overrides), then nawsv's checks.
+
+    ``ssl_init`` sets ``dataset_args.nawsv_ssl_args.init`` (nested, so WeSpeaker's overrides cannot reach it).
+    """
     from wespeaker.utils.utils import parse_config_or_kwargs
 
-    return prepare_config(parse_config_or_kwargs(config, **overrides))
+    configs = parse_config_or_kwargs(config, **overrides)
+    if ssl_init is not None:
+        configs.setdefault("dataset_args", {}).setdefault("nawsv_ssl_args", {})["init"] = str(ssl_init)
+    return prepare_config(configs)
 
 
 def write_config(configs: dict[str, Any], name: str = "nawsv_config.yaml") -> Path:
@@ -41,10 +48,10 @@ def write_config(configs: dict[str, Any], name: str = "nawsv_config.yaml") -> Pa
     return path
 
 
-def main(config: str = "conf/config.yaml", cpu: bool = False, **overrides: Any) -> None:
+def main(config: str = "conf/config.yaml", cpu: bool = False, ssl_init: str | None = None, **overrides: Any) -> None:
     """Register, resolve, train (WeSpeaker's ``train()``, or its CPU mirror with ``cpu=True``)."""
     register()
-    configs = resolve(config, **overrides)
+    configs = resolve(config, ssl_init, **overrides)
     if cpu:
         from nawsv.integrations.wespeaker.local import train_cpu
 
