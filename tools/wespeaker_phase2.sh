@@ -4,10 +4,11 @@
 # final model, then WeSpeaker's average_model.py over the last run's epochs and the conversion to nawsv's
 # <exp_dir>/avg_model.pt, which stages 5-8 read. Runs in .venv-wespeaker (bash tools/install.sh --wespeaker).
 #   bash tools/wespeaker_phase2.sh --conf_dir egs/voxceleb/conf/wespeaker --train_data data/vox1_dev \
-#     --init exp/nawsv/warmup/student.pt --exp_dir exp/nawsv/finetune [--nproc 4] [--cpu false]
+#     --init exp/nawsv/warmup/student.pt --exp_dir exp/nawsv/finetune [--nproc 4] [--cpu auto|true|false]
+# --cpu true: WeSpeaker's calls in one CPU process (its train() needs CUDA); auto: true when no GPU is visible.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-conf_dir= train_data= init= exp_dir= nproc=1 cpu=false
+conf_dir= train_data= init= exp_dir= nproc=1 cpu=auto
 runs="frozen joint_ft joint_lmft"
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -27,7 +28,8 @@ launch=("$py" -m nawsv.integrations.wespeaker.train)
 [ "$nproc" -le 1 ] || launch=("$py" -m torch.distributed.run --standalone --nproc_per_node "$nproc"
                                -m nawsv.integrations.wespeaker.train)
 model_init=None                      # fire (WeSpeaker's CLI parser) reads None, True, False as Python values
-case "$cpu" in true) cpu=True ;; false) cpu=False ;; *) echo "wespeaker_phase2.sh: --cpu takes true or false" >&2; exit 2 ;; esac
+[ "$cpu" != auto ] || cpu=$("$py" -c 'import torch; print(str(not torch.cuda.is_available()).lower())')
+case "$cpu" in true) cpu=True ;; false) cpu=False ;; *) echo "wespeaker_phase2.sh: --cpu takes auto, true or false" >&2; exit 2 ;; esac
 last=
 for run in $runs; do
   out=$exp_dir/wespeaker/$run
