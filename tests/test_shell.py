@@ -62,3 +62,25 @@ def test_dry_run_prints_stage_commands(tmp_path: Path) -> None:
 def test_unknown_recipe_option() -> None:
     proc = subprocess.run(["bash", str(ROOT / "run.sh"), "--vox1_root", "/x"], capture_output=True, text=True)
     assert proc.returncode != 0 and "unknown option --vox1_root" in proc.stderr
+
+
+def test_stage4_through_wespeaker_is_an_option(tmp_path: Path) -> None:
+    args = ["bash", str(ROOT / "run.sh"), "--dry_run", "true", "--exp", str(tmp_path / "e"), "--stage", "4",
+            "--stop_stage", "4", "--phase2_trainer"]
+    proc = subprocess.run([*args, "wespeaker", "--device", "cpu"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    command = next(line for line in proc.stdout.splitlines() if line.startswith("+ "))
+    assert "tools/wespeaker_phase2.sh --conf_dir" in command and "egs/mini/conf/wespeaker" in command
+    assert f"--init {tmp_path}/e/warmup/student.pt" in command and "--cpu true" in command
+    assert "nawsv.bin.train" not in proc.stdout
+    proc = subprocess.run([*args, "espnet"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "--phase2_trainer must be nawsv or wespeaker, got 'espnet'" in proc.stderr
+
+
+def test_wespeaker_phase2_script_checks_its_inputs(tmp_path: Path) -> None:
+    script = str(ROOT / "tools" / "wespeaker_phase2.sh")
+    proc = subprocess.run(["bash", script, "--conf_dir", "c", "--train_data", "d"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--init is required" in proc.stderr
+    proc = subprocess.run(["bash", script, "--conf_dir", "c", "--train_data", "d", "--init", str(tmp_path / "none.pt"),
+                           "--exp_dir", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "does not exist (run stage 3)" in proc.stderr
