@@ -36,10 +36,13 @@ for run in $runs; do
   if [ -e "$out/models/final_model.pt" ]; then
     echo "wespeaker_phase2.sh: $run already trained ($out)"
   else
-    echo "wespeaker_phase2.sh: WeSpeaker run $run -> $out"
+    resume=()                                  # a killed run continues from its newest epoch checkpoint
+    newest=$(ls -1v "$out/models"/model_*.pt 2>/dev/null | tail -n 1 || true)
+    [ -z "$newest" ] || resume=(--checkpoint "$newest")
+    echo "wespeaker_phase2.sh: WeSpeaker run $run -> $out${newest:+ (resuming from $newest)}"
     "${launch[@]}" --config "$conf_dir/nawsv_$run.yaml" --exp_dir "$out" --train_data "$train_data/raw.list" \
       --train_label "$train_data/utt2spk" --data_type raw --model_init "$model_init" --ssl_init "$init" \
-      --cpu "$cpu"
+      --cpu "$cpu" "${resume[@]}"
   fi
   model_init=$(cd "$out/models" && pwd)/final_model.pt
   last=$out

@@ -17,6 +17,8 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
+from nawsv.utils.errors import ExperimentError
+
 log = logging.getLogger(__name__)
 
 
@@ -69,7 +71,10 @@ def train_cpu(configs: dict[str, Any]) -> Path:
     init_single_process()
     model_dir = Path(configs["exp_dir"]) / "models"
     checkpoint = configs.get("checkpoint")
-    model_dir.mkdir(parents=True, exist_ok=checkpoint is not None)
+    if model_dir.exists() and checkpoint is None:
+        raise ExperimentError(f"{model_dir} exists and no checkpoint is given: WeSpeaker does not train over it; "
+                              f"resume with --checkpoint {model_dir}/model_<N>.pt or use a new exp_dir")
+    model_dir.mkdir(parents=True, exist_ok=True)
     logger = get_logger(configs["exp_dir"], "train.log")
     set_seed(configs["seed"])
     train_utt_spk_list = read_table(configs["train_label"])
