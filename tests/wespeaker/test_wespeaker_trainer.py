@@ -206,6 +206,10 @@ def test_trained_by_wespeaker_converted_and_scored_by_nawsv(setup) -> None:
     rows = (nawsv_exp / "results.tsv").read_text().splitlines()
     print(proc.stdout)
     assert len(rows) > 1 and "eer" in rows[0].lower()
+    from nawsv.api import Verifier                                 # the Python API and stage 8 take it too
+    run_module("nawsv.bin.export", "--model", str(converted), "--out_dir", str(nawsv_exp / "export"), check=True)
+    exported = Verifier(nawsv_exp / "export").embed(wav[0].numpy(), sample_rate=16000)
+    assert float(abs(exported - theirs[0].numpy()).max()) <= 1e-4
 
 
 def test_student_to_model_init_loads_through_wespeaker(setup, tmp_path: Path) -> None:
