@@ -250,3 +250,16 @@ def test_nawsv_names_resolve_and_unknown_ones_list_the_valid(setup) -> None:
     with pytest.raises(AttributeError):
         getattr(schedulers, "NoSuchScheduler")
     assert ws_train.frontend_class_dict["nawsv_ssl"].__name__ == "NawsvSSLFrontend"
+
+
+def test_launcher_errors_are_one_line(setup, tmp_path: Path) -> None:
+    configs = wespeaker_config(setup["dev"], setup["student"], tmp_path / "exp", True)
+    configs["dataset_args"]["cmvn"] = True
+    bad = write_config(tmp_path / "bad.yaml", configs)
+    launcher = [sys.executable, "-m", "nawsv.integrations.wespeaker.train", "--config", str(bad)]
+    proc = subprocess.run([*launcher, "--cpu", "True"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("ERROR: dataset_args.cmvn must")
+    if not torch.cuda.is_available():                              # WeSpeaker's own train() needs CUDA
+        good = write_config(tmp_path / "good.yaml", wespeaker_config(setup["dev"], setup["student"], tmp_path, True))
+        proc = subprocess.run([*launcher[:-1], str(good)], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 2 and "needs CUDA" in proc.stderr and "--cpu True" in proc.stderr

@@ -21,6 +21,7 @@ import yaml
 
 from nawsv.integrations.wespeaker.registry import prepare_config, register
 from nawsv.utils.atomic import atomic_open
+from nawsv.utils.errors import ConfigError
 
 SINGLE_PROCESS_ENV = {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
                       "MASTER_PORT": "29533"}
@@ -57,6 +58,11 @@ def main(config: str = "conf/config.yaml", cpu: bool = False, ssl_init: str | No
 
         train_cpu(configs)
         return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError("WeSpeaker's train() needs CUDA (it calls torch.cuda.set_device and uses NCCL); no GPU is "
+                          "visible here: pass --cpu True to run the same WeSpeaker calls in one CPU process")
     for key, value in SINGLE_PROCESS_ENV.items():     # a plain `python -m` run: one process, as torchrun would say
         os.environ.setdefault(key, value)
     from wespeaker.bin.train import train
@@ -65,6 +71,14 @@ def main(config: str = "conf/config.yaml", cpu: bool = False, ssl_init: str | No
 
 
 if __name__ == "__main__":
+    import sys
+
     import fire
 
-    fire.Fire(main)
+    from nawsv.utils.errors import NawsvError
+
+    try:
+        fire.Fire(main)
+    except NawsvError as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
