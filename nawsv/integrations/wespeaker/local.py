@@ -88,6 +88,7 @@ def train_cpu(configs: dict[str, Any]) -> Path:
     logger.info("train data num: %d, spk num: %d, epoch iteration number: %d", len(train_utt_spk_list),
                 len(spk2id_dict), epoch_iter)
     model = build_model(configs, spk2id_dict)
+    logger.info("initial model: %s", configs.get("model_init") or "the front-end's init only")
     start_epoch = 1
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
