@@ -41,6 +41,7 @@ warmup_config=warmup.yaml      # stage-3 config: a file name looked up in $conf,
 finetune_config=finetune.yaml  # stage-4 config (same lookup)
 noisy_config=noisy.yaml        # stage-2 config (same lookup)
 score_config=score.yaml        # stage-6 config (same lookup)
+phase2_trainer=nawsv    # stage 4: nawsv's trainer, or wespeaker (WeSpeaker's own, configs in $conf/wespeaker/)
 dev_set=                # optional held-out dev set (with trials/) scored after every training epoch, for monitoring
 device=auto             # auto | cpu | cuda
 nproc=1                 # training processes per node (GPUs); > 1 launches torchrun
@@ -61,7 +62,7 @@ Stages: 1 data preparation, 2 noisy test sets, 3 NAW-SV warm-up, 4 fine-tuning, 
   7 report, 8 export. --ablation true adds the baseline (stages 3-7) and a comparison table."
 parse_options_names="recipe stage stop_stage data exp conf nj train_set test_sets materialize_noisy noisy_test_sets
   noisy_dir job num_jobs merge array_first pretrained skip_warmup warmup_config finetune_config noisy_config
-  score_config dev_set device nproc nnodes rdzv_endpoint python dry_run ablation baseline_exp compare_dir
+  score_config dev_set device nproc nnodes rdzv_endpoint python dry_run ablation baseline_exp compare_dir phase2_trainer
   $recipe_options $recipe_switches"
 . "$root/tools/parse_options.sh"
 [ $# -eq 0 ] || { echo "run.sh: unexpected argument '$1' (options are --name value)" >&2; exit 1; }
@@ -151,9 +152,17 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
   echo "$(date +%T) stage 4: fine-tuning -> $exp/finetune"
   init=$exp/warmup/student.pt
   [ "$skip_warmup" = false ] || init=none
-  train finetune --config "$(config "$finetune_config")" --train_data "$data/$train_set" \
-    --musan "$data/musan_train" --rirs "$data/rirs" --init "$init" --exp_dir "$exp/finetune" --device "$device" \
-    "${train_args[@]}"
+  case "$phase2_trainer" in
+    nawsv)
+      train finetune --config "$(config "$finetune_config")" --train_data "$data/$train_set" \
+        --musan "$data/musan_train" --rirs "$data/rirs" --init "$init" --exp_dir "$exp/finetune" --device "$device" \
+        "${train_args[@]}" ;;
+    wespeaker)  # the three runs of WeSpeaker's WavLM recipe, then avg_model.pt for stages 5-8
+      [ "$init" != none ] || init=$pretrained
+      run bash "$root/tools/wespeaker_phase2.sh" --conf_dir "$conf/wespeaker" --train_data "$data/$train_set" \
+        --init "$init" --exp_dir "$exp/finetune" --nproc "$nproc" --cpu "$([ "$device" = cpu ] && echo true || echo auto)" ;;
+    *) echo "run.sh: --phase2_trainer must be nawsv or wespeaker, got '$phase2_trainer'" >&2; exit 1 ;;
+  esac
 fi
 
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then

@@ -32,6 +32,11 @@ setup(
         "dev": ["pytest>=7.4", "pytest-timeout>=2.2"],
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
         "m4a": ["av>=18"],          # VoxCeleb2's AAC audio, decoded once to FLAC in stage 1
+        # What `import wespeaker.bin.train` pulls in (its package __init__ reaches the CLI and diarisation too).
+        # The checkout itself is not on PyPI: tools/install.sh --wespeaker builds that environment, with the
+        # torch/torchaudio pair and torchnet (which needs pinning / no build isolation).
+        "wespeaker": ["torchaudio<2.9", "s3prl", "fire", "tableprint", "lmdb", "openai-whisper", "peft", "accelerate",
+                      "silero-vad", "onnxruntime", "hdbscan", "umap-learn==0.5.6"],
     },
     entry_points={"console_scripts": ["nawsv = nawsv.cli:main"]},
 )

@@ -83,3 +83,58 @@ def test_ablation_runs_the_baseline_on_the_same_data_then_compares(tmp_path: Pat
     both = subprocess.run(["bash", str(ROOT / "run.sh"), "--dry_run", "true", "--ablation", "true", "--skip_warmup",
                            "true"], capture_output=True, text=True)
     assert both.returncode != 0 and "--ablation true runs the baseline beside NAW-SV" in both.stderr
+
+
+def test_stage4_through_wespeaker_is_an_option(tmp_path: Path) -> None:
+    args = ["bash", str(ROOT / "run.sh"), "--dry_run", "true", "--exp", str(tmp_path / "e"), "--stage", "4",
+            "--stop_stage", "4", "--phase2_trainer"]
+    proc = subprocess.run([*args, "wespeaker", "--device", "cpu"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    command = next(line for line in proc.stdout.splitlines() if line.startswith("+ "))
+    assert "tools/wespeaker_phase2.sh --conf_dir" in command and "egs/mini/conf/wespeaker" in command
+    assert f"--init {tmp_path}/e/warmup/student.pt" in command and "--cpu true" in command
+    assert "nawsv.bin.train" not in proc.stdout
+    proc = subprocess.run([*args, "espnet"], capture_output=True, text=True)
+    assert proc.returncode != 0 and "--phase2_trainer must be nawsv or wespeaker, got 'espnet'" in proc.stderr
+
+
+def test_wespeaker_phase2_script_checks_its_inputs(tmp_path: Path) -> None:
+    script = str(ROOT / "tools" / "wespeaker_phase2.sh")
+    proc = subprocess.run(["bash", script, "--conf_dir", "c", "--train_data", "d"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--init is required" in proc.stderr
+    proc = subprocess.run(["bash", script, "--conf_dir", "c", "--train_data", "d", "--init", str(tmp_path / "none.pt"),
+                           "--exp_dir", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "does not exist (run stage 3)" in proc.stderr
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# A stand-in interpreter: pip prints setuptools' editable-install warning block (or fails), imports succeed.
+if [ "$1 $2" = "-m pip" ]; then
+  printf '%s\\n' "SetuptoolsDeprecationWarning: Installing editable without a build backend hook" \\
+    "        ********************************************************************************" \\
+    "        !!" >&2
+  if [ -n "${FAKE_PIP_FAIL:-}" ]; then echo "ERROR: No matching distribution found for $FAKE_PIP_FAIL" >&2; exit 1; fi
+  exit 0
+fi
+case "$*" in *torch.version.cuda*) echo cpu ;; *__version__*) echo "torch 2.13.0 transformers 5.24.0" ;; esac
+exit 0
+"""
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["quiet", "pip_error_shown"])
+def test_install_prints_its_own_lines_and_pips_errors(tmp_path: Path, fail: bool) -> None:
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(FAKE_PYTHON)
+    (venv / "bin" / "python").chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "NAWSV_VENV": str(venv), **({"FAKE_PIP_FAIL": "nawsv"} if fail else {})}
+    proc = subprocess.run(["bash", str(ROOT / "tools" / "install.sh")], capture_output=True, text=True, env=env)
+    if fail:
+        assert proc.returncode == 1
+        assert "ERROR: No matching distribution found for nawsv" in proc.stderr       # pip's own error, shown
+        assert "install.sh: ERROR: could not upgrade pip" in proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr
+        lines = (proc.stdout + proc.stderr).splitlines()
+        assert lines and all(line.startswith("install.sh: ") for line in lines), lines
+        assert "install.sh: done" in lines[-1]

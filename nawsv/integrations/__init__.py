@@ -1,0 +1,1 @@
+"""Bridges to other toolkits; each subpackage is imported only when used (never by the core)."""
