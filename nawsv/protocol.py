@@ -18,7 +18,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from nawsv.utils.atomic import atomic_write_text
+from nawsv.utils.atomic import write_text_if_changed
 from nawsv.utils.records import read_record
 
 RECORD_NAME = "protocol.yaml"
@@ -165,9 +165,7 @@ def make_record(values: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
 def write_record(path: str | Path, record: Mapping[str, Any]) -> Path:
     """Write a record atomically; an unchanged one is left alone (a rerun touches no finished output)."""
     path = Path(path)
-    text = yaml.safe_dump(dict(record), sort_keys=False)
-    if not (path.is_file() and path.read_bytes() == text.encode("utf-8")):
-        atomic_write_text(path, text)
+    write_text_if_changed(path, yaml.safe_dump(dict(record), sort_keys=False))
     return path
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from nawsv.utils.atomic import atomic_write_text
+from nawsv.utils.atomic import write_text_if_changed
 
 log = logging.getLogger(__name__)
 DEV_METRICS = "dev_metrics.tsv"
@@ -21,7 +21,7 @@ def record_dev_metrics(out_dir: Path, epoch: int, name: str, values: dict[str, f
     rows[epoch] = {"epoch": str(epoch), "dev": name, "dev_eer": f"{values['dev_eer']:.6f}",
                    "dev_mindcf_0.01": f"{values['dev_mindcf_0.01']:.6f}"}
     lines = ["\t".join(DEV_COLUMNS)] + ["\t".join(rows[e][c] for c in DEV_COLUMNS) for e in sorted(rows)]
-    atomic_write_text(out_dir / DEV_METRICS, "\n".join(lines) + "\n")
+    write_text_if_changed(out_dir / DEV_METRICS, "\n".join(lines) + "\n")
 
 
 def read_dev_metrics(out_dir: Path) -> list[dict[str, str]]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nawsv.utils.atomic import atomic_write_text
+from nawsv.utils.atomic import write_text_if_changed
 from nawsv.utils.errors import DataError
 
 FILE_NAME = "diagnostics.tsv"
@@ -34,4 +34,4 @@ def record_diagnostics(path: Path, epoch: int, values: dict[str, float]) -> None
     header += [k for k in values if not k.startswith("hint_layer_")]
     lines = ["\t".join(header)]
     lines += ["\t".join(str(int(row["epoch"])) if k == "epoch" else f"{row[k]:.6g}" for k in header) for row in rows]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    write_text_if_changed(path, "\n".join(lines) + "\n")

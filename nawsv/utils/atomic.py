@@ -104,6 +104,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         handle.write(text)
 
 
+def write_text_if_changed(path: str | os.PathLike, text: str) -> bool:
+    """Atomic write that leaves an identical file alone, so a rerun touches no finished record; True if written."""
+    path = Path(path)
+    if path.is_file() and path.read_bytes() == text.encode("utf-8"):
+        return False
+    atomic_write_text(path, text)
+    return True
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_open(path, "wb", encoding=None) as handle:
