@@ -105,6 +105,7 @@ def large_experiment(root: Path) -> tuple[Path, Path]:
         write_embedding_set(exp / "embeddings" / f"big_test_{name}", corrupted(rng, test, strength))
     write_embedding_set(exp / "embeddings" / "big_train", cohort)
     write_utt2spk(data / "big_train", cohort)
+    write_utt2spk(data / "big_test", test)                 # stage 1 always writes it; the speaker bootstrap reads it
     write_trials(data / "big_test" / "trials" / "big_O", random_trials(rng, test, 10, 60000))
     return exp, data
 
