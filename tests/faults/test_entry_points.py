@@ -18,7 +18,8 @@ FIRST_ARGS = {"prepare_data": ["speakers", "--wav_root", "w", "--out", "o"], "ma
               "--out_root", "o"], "train": ["warmup", "--train_data", "d", "--exp_dir", "o"],
               "extract": ["--model", "m", "--data_dir", "d", "--out_dir", "o"], "score": ["--exp_dir", "o",
               "--data_dir", "d", "--test_set", "t"], "report": ["--exp_dir", "o"], "export": ["--model", "m",
-              "--out_dir", "o"], "make_mini_corpus": ["--out", "o"]}
+              "--out_dir", "o"], "make_mini_corpus": ["--out", "o"], "compare": ["a", "b"]}
+WITHOUT_CONFIG = {"compare"}          # reads experiment dirs only; checked with missing dirs instead
 
 
 def main_calls(path: Path) -> list[str]:
@@ -50,7 +51,8 @@ def test_real_processes_print_one_error_line(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     procs = {name: subprocess.Popen([sys.executable, "-m", f"nawsv.bin.{name}", *FIRST_ARGS[name], "--config",
                                      str(config)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True) for name in ENTRY_POINTS}
+                                    stderr=subprocess.PIPE, text=True)
+             for name in ENTRY_POINTS if name not in WITHOUT_CONFIG}
     for name, proc in procs.items():
         _, err = proc.communicate(timeout=120)
         lines = err.strip().splitlines()
@@ -58,3 +60,9 @@ def test_real_processes_print_one_error_line(tmp_path: Path) -> None:
         assert "Traceback" not in err and lines[-1].startswith("ERROR: config file ") and "not valid YAML" in lines[-1]
         assert sum(line.startswith("ERROR:") for line in lines) == 1, (name, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.yaml"]
+    for name in WITHOUT_CONFIG:
+        proc = subprocess.run([sys.executable, "-m", f"nawsv.bin.{name}", *FIRST_ARGS[name]], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(lines) == 1, (name, proc.stderr)
+        assert lines[0] == "ERROR: experiment dir a does not exist"
