@@ -25,7 +25,7 @@ def read_diagnostics(path: Path) -> list[dict[str, float]]:
 
 
 def record_diagnostics(path: Path, epoch: int, values: dict[str, float]) -> None:
-    """Add (or, on a resumed run, replace) the row of ``epoch``; atomic."""
+    """Add (or, on a resumed run, replace) the row of ``epoch``; atomic, and untouched when nothing changed."""
     rows = [row for row in read_diagnostics(path) if int(row["epoch"]) != epoch]
     rows.append({"epoch": float(epoch), **values})
     rows.sort(key=lambda row: row["epoch"])
@@ -34,4 +34,7 @@ def record_diagnostics(path: Path, epoch: int, values: dict[str, float]) -> None
     header += [k for k in values if not k.startswith("hint_layer_")]
     lines = ["\t".join(header)]
     lines += ["\t".join(str(int(row["epoch"])) if k == "epoch" else f"{row[k]:.6g}" for k in header) for row in rows]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    text = "\n".join(lines) + "\n"
+    if path.is_file() and path.read_bytes() == text.encode("utf-8"):
+        return                                   # a rerun measured the same values: leave the file as it was
+    atomic_write_text(path, text)
