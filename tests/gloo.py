@@ -20,6 +20,7 @@ def _entry(rank: int, world: int, port: int, worker: Callable[..., None], args: 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         worker(rank, *args)
+        dist.barrier()          # no rank tears the group down while another still talks to it
     finally:
         dist.destroy_process_group()
 
