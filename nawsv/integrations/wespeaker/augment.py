@@ -39,7 +39,6 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import soundfile as sf
-import torch
 
 from nawsv.data.audio import SAMPLE_RATE, decode_audio
 from nawsv.data.augment import AugmentConfig, Augmenter
@@ -105,6 +104,8 @@ class ReverbNoise:
 
     def __call__(self, data: Iterator[dict], reverb_source: Any, noise_source: Any,
                  resample_rate: int = SAMPLE_RATE, aug_prob: float = WESPEAKER_AUG_PROB) -> Iterator[dict]:
+        import torch
+
         augmenter = make_augmenter(self.cfg, reverb_source, noise_source, resample_rate)
         for sample in data:
             augmented = augmenter(sample["wav"][0].numpy(), crop_generator())
