@@ -70,8 +70,10 @@ def test_lmdb_banks_hold_the_stage1_files_and_rebuild_only_on_change(banks):
             assert ours.categories == bank.categories == ("music", "noise", "speech")
             assert all(ours.keys(c) == bank.keys(c) for c in bank.categories)
         for key in bank.keys():
-            assert ours.num_samples(key) == bank.num_samples(key)
-            assert np.array_equal(ours.read_at(key, 700, 0), bank.read_at(key, 700, 0))
+            frames = ours.num_samples(key)
+            assert frames == bank.num_samples(key) > 700
+            for length, offset in ((700, 0), (700, 1), (700, frames - 700), (frames + 5, 0)):   # last: wrapped
+                assert np.array_equal(ours.read_at(key, length, offset), bank.read_at(key, length, offset))
     data_file = banks["noise_data"] / "data.mdb"
     before = data_file.stat().st_mtime_ns
     assert augment.build_lmdb(banks["musan_train"]) == banks["noise_data"]

@@ -40,7 +40,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import soundfile as sf
 
-from nawsv.data.audio import SAMPLE_RATE, decode_audio
+from nawsv.data.audio import SAMPLE_RATE, BufferReader, load_audio_bytes
 from nawsv.data.augment import AugmentConfig, Augmenter
 from nawsv.data.noise_bank import NoiseBank
 from nawsv.utils.atomic import atomic_directory
@@ -61,34 +61,37 @@ class LmdbNoiseBank(NoiseBank):
     """A :class:`NoiseBank` over one of WeSpeaker's ``LmdbData``: same keys, order, windows and samples.
 
     The category of a key is its first path component (``noise/free-sound/...``); audio is decoded from the
-    stored file bytes exactly as :func:`~nawsv.data.audio.load_audio` decodes the file.
+    stored file bytes exactly as :func:`~nawsv.data.audio.load_audio` decodes the file (only the window).
     """
 
     def __init__(self, source: Any) -> None:
         root = Path(source.db.path())
         keys = list(source.keys)
         super().__init__(root, {key: f"{root}[{key}]" for key in keys}, {key: key.split("/")[0] for key in keys})
-        self._db = source.db
+        self._source = source                  # LmdbData closes its environment when it is collected
 
-    def _bytes(self, key: str) -> bytes:
-        with self._db.begin(write=False) as txn:
+    @contextlib.contextmanager
+    def _stored(self, key: str) -> Iterator[memoryview]:
+        """The stored file bytes in place (valid inside the block: a read transaction on the mapped file)."""
+        with self._source.db.begin(write=False, buffers=True) as txn:
             data = txn.get(key.encode())
-        if data is None:
-            raise DataError(f"LMDB bank {self.root} lists {key!r} but holds no data for it; rebuild it with "
-                            f"{BUILD_COMMAND}")
-        return data
+            if data is None:
+                raise DataError(f"LMDB bank {self.root} lists {key!r} but holds no data for it; rebuild it with "
+                                f"{BUILD_COMMAND}")
+            yield data
 
     def num_samples(self, key: str) -> int:
         frames = self._frames.get(key)
         if frames is None:
-            info = sf.info(io.BytesIO(self._bytes(key)))
+            with self._stored(key) as data:
+                info = sf.info(BufferReader(data))
             frames = info.frames if info.samplerate == SAMPLE_RATE else len(self.load(key))
             self._frames[key] = frames
         return frames
 
     def load(self, key: str, start: int = 0, num_samples: int | None = None) -> np.ndarray:
-        samples = decode_audio(self._bytes(key), key, str(self.root))
-        return samples[start:None if num_samples is None else start + num_samples]
+        with self._stored(key) as data:
+            return load_audio_bytes(data, key, str(self.root), start=start, num_samples=num_samples)
 
 
 def crop_generator() -> np.random.Generator:
@@ -98,7 +101,9 @@ def crop_generator() -> np.random.Generator:
 
 @dataclasses.dataclass(frozen=True)
 class ReverbNoise:
-    """Stands in for ``wespeaker.dataset.processor.add_reverb_noise`` (same call): nawsv's augmentation."""
+    """Stands in for ``wespeaker.dataset.processor.add_reverb_noise`` (same call): nawsv's augmentation.
+
+    ``aug_prob`` is the Dataset's ``dataset_args.aug_prob``, already ``cfg.prob``."""
 
     cfg: AugmentConfig
 
@@ -176,6 +181,8 @@ def _with_nawsv_augmentation(original: Callable, processor: Any) -> Callable:
         call = signature.bind(*args, **kwargs)
         call.apply_defaults()
         dataset_args, reverb, noise = (call.arguments[k] for k in ("configs", "reverb_lmdb_file", "noise_lmdb_file"))
+        if call.arguments["data_type"] == "feat":                 # WeSpeaker augments waveforms only
+            return original(*args, **kwargs)
         check_banks(float(dataset_args.get("aug_prob", WESPEAKER_AUG_PROB)), reverb, noise)
         cfg = augment_config(dataset_args)
         if cfg is None:
