@@ -155,6 +155,7 @@ def load_audio_bytes(data: bytes | memoryview, key: str, source: str, *, start: 
 
 def _read_window(handle: sf.SoundFile, path: str | os.PathLike, key: str | None, sample_rate: int,
                  allow_resample: bool, start: int, num_samples: int | None, min_samples: int) -> np.ndarray:
+    """The window of an open file, decoding only it at the native rate (else the whole file, resampled)."""
     rate = int(handle.samplerate)
     native = rate == sample_rate
     try:

@@ -156,7 +156,8 @@ def test_missing_banks_are_an_error_not_a_silent_skip(banks, tmp_path):
     assert first_crop(banks, list_file, dataset_args(0.0), reverb_lmdb_file=None).size > 0
     with pytest.raises(ConfigError, match="aug_prob"):
         first_crop(banks, list_file, dataset_args(0.6, prob=0.5))
-    with pytest.raises(ConfigError, match="rir_modes"):
+    with pytest.raises(ConfigError, match="rir_modes in .* valid keys: babble_talkers, level_floor, musan_chunks, "
+                                          "rir_mode, snr, types$"):
         first_crop(banks, list_file, dataset_args(0.6, rir_modes="aligned"))
     with pytest.raises(ConfigError, match="resample_rate"):
         first_crop(banks, list_file, {**dataset_args(0.6, babble_talkers=[1, 2]), "resample_rate": 8000})

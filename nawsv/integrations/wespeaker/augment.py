@@ -139,6 +139,11 @@ def augment_config(dataset_args: dict[str, Any]) -> AugmentConfig | None:
     if "prob" in args:
         raise ConfigError(f"dataset_args.{ARGS_KEY}.prob: the probability is WeSpeaker's dataset_args.aug_prob; "
                           f"remove prob")
+    valid = sorted(field.name for field in dataclasses.fields(AugmentConfig) if field.name != "prob")
+    unknown = sorted(set(args) - set(valid))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in dataset_args.{ARGS_KEY}; valid keys: "
+                          f"{', '.join(valid)}")
     return config_from_dict(AugmentConfig, {**args, "prob": prob}, f"dataset_args.{ARGS_KEY}")
 
 
