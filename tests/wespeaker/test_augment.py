@@ -5,7 +5,9 @@ registered equals, bit for bit, nawsv's own Augmenter applied to the clean crop 
 """
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
+import logging
 import random
 import shutil
 from pathlib import Path
@@ -113,6 +115,17 @@ def test_changed_files_rebuild_and_a_failed_rebuild_keeps_the_old_bank(banks, tm
     with pytest.raises(DataError, match=f"{path}: No such file"):
         augment.build_lmdb(bank)
     assert stored(lmdb, key) == content                              # the last good bank is still there
+
+
+def test_concurrent_builds_make_the_bank_once(banks, tmp_path, caplog):
+    """Every node of a multi-node job runs the phase-2 script: the second build waits, then finds it done."""
+    bank = Path(shutil.copytree(banks["rirs"], tmp_path / "rirs", ignore=shutil.ignore_patterns("lmdb")))
+    with caplog.at_level(logging.INFO, logger=augment.__name__):
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            built = list(pool.map(augment.build_lmdb, [bank, bank]))
+    assert built == [bank / "lmdb"] * 2
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("up to date" in m for m in messages) == 1 and sum(m.endswith(" files") for m in messages) == 1
 
 
 def test_command_line_prints_the_trainer_options(banks):

@@ -46,6 +46,7 @@ from nawsv.data.noise_bank import NoiseBank
 from nawsv.utils.atomic import atomic_directory
 from nawsv.utils.config import config_from_dict
 from nawsv.utils.errors import ConfigError, DataError
+from nawsv.utils.lock import directory_lock
 
 log = logging.getLogger(__name__)
 
@@ -265,24 +266,25 @@ def _check_category_keys(bank: NoiseBank) -> None:
 
 
 def build_lmdb(bank_dir: str | Path) -> Path:
-    """``<bank_dir>/lmdb`` from a stage-1 bank with WeSpeaker's ``tools/make_lmdb.py``; atomic, and a no-op
-    when the bank's files are unchanged since the last build."""
+    """``<bank_dir>/lmdb`` from a stage-1 bank with WeSpeaker's ``tools/make_lmdb.py``; atomic, a no-op when the
+    bank's files are unchanged since the last build, and one build at a time (nodes of a multi-node job wait)."""
     bank = NoiseBank.from_dir(bank_dir)
     _check_category_keys(bank)
     source, stats = _source_lists(bank)
     target = bank.root / LMDB_NAME
-    if all((target / name).is_file() for name in ("data.mdb", SOURCE_LIST, SOURCE_STAT)) \
-            and (target / SOURCE_LIST).read_text() == source and (target / SOURCE_STAT).read_text() == stats:
-        log.info("%s is up to date", target)
-        return target
-    with atomic_directory(target) as staging:
-        (staging / SOURCE_LIST).write_text(source)
-        (staging / SOURCE_STAT).write_text(stats)
-        proc = subprocess.run([sys.executable, str(make_lmdb_script()), str(staging / SOURCE_LIST), str(staging)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise DataError(f"WeSpeaker's make_lmdb.py failed on {bank.root}/wav.scp: {tail}")
+    with directory_lock(bank.root, "building the WeSpeaker LMDB bank", name=f".{LMDB_NAME}.lock", wait=True):
+        if all((target / name).is_file() for name in ("data.mdb", SOURCE_LIST, SOURCE_STAT)) \
+                and (target / SOURCE_LIST).read_text() == source and (target / SOURCE_STAT).read_text() == stats:
+            log.info("%s is up to date", target)
+            return target
+        with atomic_directory(target) as staging:
+            (staging / SOURCE_LIST).write_text(source)
+            (staging / SOURCE_STAT).write_text(stats)
+            proc = subprocess.run([sys.executable, str(make_lmdb_script()), str(staging / SOURCE_LIST),
+                                   str(staging)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+                raise DataError(f"WeSpeaker's make_lmdb.py failed on {bank.root}/wav.scp: {tail}")
     log.info("%s: %d files", target, len(bank.keys()))
     return target
 
