@@ -7,8 +7,9 @@ floor, no babble or babble+music, output peak-normalised). When a config's ``dat
 ``nawsv_augment_args`` (the keys of :class:`~nawsv.data.augment.AugmentConfig` except ``prob``, which is
 WeSpeaker's ``aug_prob``), :func:`install` makes the Dataset call :class:`ReverbNoise` instead: nawsv's
 :class:`~nawsv.data.augment.Augmenter` (noise, music, babble, babble+music, RIR with the protocol's
-``rir_mode`` and ``level_floor``) reading the same LMDB banks through :class:`LmdbNoiseBank`. Every other
-config goes through WeSpeaker's processor unchanged.
+``rir_mode``, ``level_floor`` and ``musan_chunks``) reading the same LMDB banks through :class:`LmdbNoiseBank`.
+Every other config goes through WeSpeaker's processor unchanged. With ``aug_prob`` > 0 a bank that is unset or
+missing is an error, for every config: WeSpeaker itself would skip augmentation without a word.
 
 Banks: :func:`build_lmdb` runs WeSpeaker's ``tools/make_lmdb.py`` unmodified on a stage-1 bank (``wav.scp`` +
 ``utt2cat``) into ``<bank>/lmdb``; MUSAN keys start with their category (``noise/...``, ``music/...``,
@@ -28,7 +29,6 @@ import contextlib
 import dataclasses
 import functools
 import inspect
-import io
 import logging
 import os
 import random
