@@ -30,6 +30,8 @@ launch=("$py" -m nawsv.integrations.wespeaker.train)
 model_init=None                      # fire (WeSpeaker's CLI parser) reads None, True, False as Python values
 [ "$cpu" != auto ] || cpu=$("$py" -c 'import torch; print(str(not torch.cuda.is_available()).lower())')
 case "$cpu" in true) cpu=True ;; false) cpu=False ;; *) echo "wespeaker_phase2.sh: --cpu takes auto, true or false" >&2; exit 2 ;; esac
+data_dir=$(dirname "$train_data")    # stage 1's MUSAN train half and RIRs as WeSpeaker's LMDB banks (built once):
+bank_args=($("$py" -m nawsv.integrations.wespeaker.augment --musan "$data_dir/musan_train" --rirs "$data_dir/rirs"))
 last=
 for run in $runs; do
   out=$exp_dir/wespeaker/$run
@@ -42,7 +44,7 @@ for run in $runs; do
     echo "wespeaker_phase2.sh: WeSpeaker run $run -> $out${newest:+ (resuming from $newest)}"
     "${launch[@]}" --config "$conf_dir/nawsv_$run.yaml" --exp_dir "$out" --train_data "$train_data/raw.list" \
       --train_label "$train_data/utt2spk" --data_type raw --model_init "$model_init" --ssl_init "$init" \
-      --cpu "$cpu" "${resume[@]}"
+      --cpu "$cpu" "${resume[@]}" "${bank_args[@]}"
   fi
   model_init=$(cd "$out/models" && pwd)/final_model.pt
   last=$out

@@ -11,6 +11,7 @@ import io
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -109,15 +110,61 @@ def load_audio(path: str | os.PathLike, key: str | None = None, *, sample_rate: 
     for every crop, so a second open per crop would be a measurable share of their time.
     """
     with _open_checked(path, key) as handle:
-        rate = int(handle.samplerate)
-        native = rate == sample_rate
-        try:
-            if native and start:
-                handle.seek(min(start, handle.frames))
-            count = num_samples if native and num_samples is not None else -1
-            samples = handle.read(frames=count, dtype="float32", always_2d=False)
-        except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-            raise AudioError(f"{_name(path, key)}: cannot decode audio ({exc}); the file is corrupt") from None
+        return _read_window(handle, path, key, sample_rate, allow_resample, start, num_samples, min_samples)
+
+
+class BufferReader(io.RawIOBase):
+    """A read-only file over a buffer without copying it (an LMDB value mapped from disk)."""
+
+    def __init__(self, buffer: bytes | memoryview) -> None:
+        self._view = memoryview(buffer).cast("B")
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: len(self._view)}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def readinto(self, target: Any) -> int:
+        chunk = self._view[self._position:self._position + len(target)]
+        memoryview(target).cast("B")[:len(chunk)] = chunk
+        self._position += len(chunk)
+        return len(chunk)
+
+
+def load_audio_bytes(data: bytes | memoryview, key: str, source: str, *, start: int = 0,
+                     num_samples: int | None = None) -> np.ndarray:
+    """:func:`load_audio` on the bytes of an audio file held in memory (an LMDB bank's value): the same
+    samples, and as there only the window is decoded (the buffer is read in place)."""
+    try:
+        handle = sf.SoundFile(BufferReader(data))
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise AudioError(f"{_name(source, key)}: cannot read audio header ({exc}); the data is not audio") from None
+    with handle:
+        return _read_window(handle, source, key, SAMPLE_RATE, True, start, num_samples, 1)
+
+
+def _read_window(handle: sf.SoundFile, path: str | os.PathLike, key: str | None, sample_rate: int,
+                 allow_resample: bool, start: int, num_samples: int | None, min_samples: int) -> np.ndarray:
+    """The window of an open file, decoding only it at the native rate (else the whole file, resampled)."""
+    rate = int(handle.samplerate)
+    native = rate == sample_rate
+    try:
+        if native and start:
+            handle.seek(min(start, handle.frames))
+        count = num_samples if native and num_samples is not None else -1
+        samples = handle.read(frames=count, dtype="float32", always_2d=False)
+    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        raise AudioError(f"{_name(path, key)}: cannot decode audio ({exc}); the file is corrupt") from None
     samples = _finish(samples, rate, path, key, sample_rate, allow_resample,
                       min_samples if start == 0 and num_samples is None else 1)
     if not native and (start or num_samples is not None):

@@ -86,7 +86,13 @@ class NoiseBank:
 
     def read(self, key: str) -> np.ndarray:
         """The whole file (used for RIRs, which are short)."""
-        return load_audio(self.path(key), key)
+        return self.load(key)
+
+    def load(self, key: str, start: int = 0, num_samples: int | None = None) -> np.ndarray:
+        """``num_samples`` samples (all when None) from ``start``: the one place a bank reads audio, so a bank
+        stored elsewhere (an LMDB, :mod:`nawsv.integrations.wespeaker.augment`) overrides only this and
+        :meth:`num_samples`."""
+        return load_audio(self.path(key), key, start=start, num_samples=num_samples)
 
     def read_window(self, key: str, num_samples: int, rng: np.random.Generator) -> tuple[np.ndarray, int]:
         """A ``num_samples`` window at a random offset (drawn from ``rng``); short files wrap from offset 0."""
@@ -103,11 +109,11 @@ class NoiseBank:
             if offset != 0:
                 raise DataError(f"noise {key!r} in {self.root}: offset {offset} is invalid for a file of {frames} "
                                 f"samples that is wrap-repeated to {num_samples}; the manifest does not match the bank")
-            return np.pad(load_audio(self.path(key), key), (0, num_samples - frames), mode="wrap")
+            return np.pad(self.load(key), (0, num_samples - frames), mode="wrap")
         if not 0 <= offset <= frames - num_samples:
             raise DataError(f"noise {key!r} in {self.root}: window [{offset}, {offset + num_samples}) lies outside "
                             f"its {frames} samples; the manifest does not match the bank")
-        window = load_audio(self.path(key), key, start=offset, num_samples=num_samples)
+        window = self.load(key, start=offset, num_samples=num_samples)
         if window.size != num_samples:
             raise DataError(f"noise {key!r} ({self.path(key)}): read {window.size} of {num_samples} samples at "
                             f"offset {offset}; the file changed since its header was read")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nawsv.data.audio import SAMPLE_RATE, load_audio
+from nawsv.data.audio import SAMPLE_RATE
 from nawsv.data.noise_bank import NoiseBank
 from nawsv.utils.errors import DataError
 
@@ -97,12 +97,12 @@ class ChunkedNoiseBank:
             if offset != 0:
                 raise DataError(f"noise chunk {chunk!r} in {self.root}: offset {offset} is invalid for a chunk that "
                                 f"is wrap-repeated to {num_samples} samples; the manifest does not match the bank")
-            piece = load_audio(self.bank.path(key), key, start=start, num_samples=length)
+            piece = self.bank.load(key, start=start, num_samples=length)
             return np.pad(piece, (0, num_samples - length), mode="wrap")
         if not 0 <= offset <= length - num_samples:
             raise DataError(f"noise chunk {chunk!r} in {self.root}: window [{offset}, {offset + num_samples}) lies "
                             f"outside its {length} samples; the manifest does not match the bank")
-        return load_audio(self.bank.path(key), key, start=start + offset, num_samples=num_samples)
+        return self.bank.load(key, start=start + offset, num_samples=num_samples)
 
 
 def open_noise_bank(path: str | Path, musan_chunks: bool = False) -> NoiseBank | ChunkedNoiseBank:

@@ -12,6 +12,7 @@ import copy
 import sys
 from typing import Any, Callable
 
+from nawsv.integrations.wespeaker import augment
 from nawsv.integrations.wespeaker.modules import (NawsvEcapaTdnn, NawsvHalfCosineLR, NawsvSSLFrontend,
                                                   build_projection)
 from nawsv.utils.errors import ConfigError
@@ -52,6 +53,7 @@ def register() -> None:
     _wrap(ws_projections, "get_projection",
           lambda conf: lookup(PROJECTIONS, conf["project_type"], "projection")(conf),
           lambda conf: is_nawsv_name(conf.get("project_type")))
+    augment.install()                                       # nawsv_augment_args: nawsv's augmentation
 
 
 def _missing_scheduler(name: str) -> Any:
