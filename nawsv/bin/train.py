@@ -95,6 +95,7 @@ def _train(args: argparse.Namespace, cfg, ctx) -> None:
     import torch
 
     from nawsv.data.store import UtteranceStore
+    from nawsv.train.distributed import on_rank_zero
     from nawsv.train.loop import Trainer
 
     if cfg.ssl.random_init and not (args.task == "finetune" and args.init not in (None, "none")):
