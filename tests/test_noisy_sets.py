@@ -194,8 +194,11 @@ def test_rerun_completes_killed_runs(inputs: dict[str, Path], reference: Path, t
     partial = tmp_path / "partial"                                              # a split run with one job missing
     make_noisy_sets(inputs["test"], partial, CFG, **banks_of(inputs), job=1, num_jobs=2)
     assert not any(partial.rglob("manifest.tsv"))
-    with pytest.raises(DataError, match="owned by job 0 of 2"):
+    with pytest.raises(DataError) as failed:
         make_noisy_sets(inputs["test"], partial, CFG, **banks_of(inputs), num_jobs=2, merge_only=True)
+    conditions = sorted(p.name for p in partial.iterdir() if p.is_dir())
+    assert len(conditions) > 1 and all(f"{partial / c}: chunk" in str(failed.value) for c in conditions)   # all at once
+    assert "they belong to job 0 of 2 (array index 0)" in str(failed.value)
     make_noisy_sets(inputs["test"], out, CFG, **banks_of(inputs), nj=2)
     make_noisy_sets(inputs["test"], partial, CFG, **banks_of(inputs))
     assert snapshot(out) == expected == snapshot(partial)

@@ -302,7 +302,7 @@ def noisy_tree(data: Path) -> dict[str, bytes]:
 
 def test_stage2_array_resubmit_and_merge(tmp_path: Path, inputs: dict[str, Path]) -> None:
     """--array=1-4 over 6 units: index 3 (job 2) is resubmitted with ARRAY=1-4 while 1, 2, 4 have not run yet: it
-    makes its one unit only (noise chunk 2); the merge then names array indices 1 and 2 for the noise condition;
+    makes its one unit only (noise chunk 2); the merge then names both conditions and array indices 1, 2, 4 at once;
     after the rest of the array, the result equals a one-task array, byte for byte."""
     recipe, data = stage2_recipe(tmp_path, inputs, "split")
     template = ["bash", str(SLURM / "noisy_array.sbatch"), "--data", str(data), "--python", sys.executable]
@@ -317,8 +317,9 @@ def test_stage2_array_resubmit_and_merge(tmp_path: Path, inputs: dict[str, Path]
     merge = ["bash", str(SLURM / "merge.sbatch"), "--data", str(data), "--python", sys.executable]
     proc = run(merge, {**env, "STAGE": "2", "ARRAY": "1-4"})
     assert proc.returncode != 0
-    assert (f"ERROR: {data}/tiny_test_noise_0: 2 chunk(s) are not done yet (first: chunk 0), owned by jobs 0, 1 "
-            f"of 4 (array indices 1, 2); run them before merging") in proc.stderr
+    assert (f"ERROR: merge: 5 chunk(s) are not done yet ({data}/tiny_test_noise_0: chunks 0-1; "
+            f"{data}/tiny_test_music_0: chunks 0-2); they belong to jobs 0, 1, 3 of 4 (array indices 1, 2, 4): "
+            f"run them, then merge again (sbatch --array=1-2,4 --export=ALL,ARRAY=1-4 <template> ...)") in proc.stderr
     for task in (1, 4, 2):                                                            # the rest of the array
         proc = run(template, {**env, **array_env(task, 1, 4, 4)})
         assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -58,7 +58,7 @@ from nawsv.data.noise_chunks import open_noise_bank
 from nawsv.protocol import write_stage_record
 from nawsv.utils.atomic import atomic_open, atomic_write_bytes, atomic_write_text
 from nawsv.utils.errors import AudioError, ConfigError, DataError, ExperimentError
-from nawsv.utils.jobs import JobShare
+from nawsv.utils.jobs import JobShare, UnfinishedUnits
 from nawsv.utils.lock import directory_lock
 from nawsv.utils.progress import progress
 from nawsv.utils.records import read_record
@@ -528,6 +528,7 @@ def _fill_conditions(sets: _ConditionSet, share: JobShare, nj: int, merge_only: 
         plan = _Plan(sets.cfg.seed, sets.talkers, {n: str(b.root) for n, b in sets.banks.items()}, sets.materialize,
                      sets.audio_format, sets.cfg.level_floor, sets.cfg.musan_chunks, sets.cfg.clipping)
         _run_tasks(tasks, plan, nj)
+    unfinished: dict[str, tuple[int, list[int]]] = {}     # a merge goes through every condition, then names all
     for condition in pending:
         with directory_lock(sets.dirs[condition], "stage 2 merge", name=MERGE_LOCK, wait=True):
             if sets.complete(condition):
@@ -536,12 +537,12 @@ def _fill_conditions(sets: _ConditionSet, share: JobShare, nj: int, merge_only: 
             if not waiting:
                 sets.merge(condition)
             elif merge_only:
-                owners = share.owners([sets.unit(condition, i) for i in waiting])
-                raise DataError(f"{sets.dirs[condition]}: {len(waiting)} chunk(s) are not done yet (first: chunk "
-                                f"{waiting[0]}), owned by {owners}; run them before merging")
+                unfinished[str(sets.dirs[condition])] = (sets.unit(condition, 0), waiting)
             else:
                 log.info("%s: %d chunk(s) left to other jobs; the last job to finish merges",
                          sets.dirs[condition].name, len(waiting))
+    if unfinished:
+        raise UnfinishedUnits(share, unfinished)
 
 
 def _run_tasks(tasks: list[_Task], plan: _Plan, nj: int) -> None:

@@ -31,7 +31,7 @@ from nawsv.extract.embedder import Embedder, resolve_device
 from nawsv.extract.loader import iterate_audio
 from nawsv.utils.atomic import atomic_write_text
 from nawsv.utils.errors import ConfigError, DataError
-from nawsv.utils.jobs import JobShare
+from nawsv.utils.jobs import JobShare, UnfinishedUnits
 from nawsv.utils.lock import directory_lock, file_lock
 from nawsv.utils.progress import progress_bar
 
@@ -222,9 +222,7 @@ def _extract_set(model: SpeakerModelFile, source: AudioSource, data_dir: Path, o
         waiting = [c for c in range(len(plan.chunks)) if not plan.chunk_done(c)]
         if waiting:
             if merge_only:
-                owners = share.owners([first_unit + c for c in waiting])
-                raise DataError(f"{out_dir}: {len(waiting)} chunk(s) are not extracted yet (first: chunk "
-                                f"{waiting[0]}), owned by {owners}; run them before merging")
+                raise UnfinishedUnits(share, {str(out_dir): (first_unit, waiting)})
             log.info("%s: %d chunk(s) left to other jobs; the last job to finish merges", data_dir.name,
                      len(waiting))
             return False
