@@ -241,3 +241,33 @@ def test_bad_inputs(inputs: dict[str, Path], tmp_path: Path) -> None:
                       "--override", "categories=[wind]")
     assert proc.returncode == 2 and proc.stderr.startswith("ERROR:") and "wind" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_corpus_and_data_paths_with_spaces_go_through_stages_1_and_2(tiny_corpus: dict[str, Path],
+                                                                     tmp_path: Path) -> None:
+    """wav.scp is read as Kaldi reads it (key, then the rest of the line) by every reader: the clean set, the
+    noise bank and the materialised noisy set all name files under folders with spaces, and the noisy audio
+    read through its wav.scp equals the same mix made on the fly from the manifest."""
+    from nawsv.data.kaldi import read_kaldi_dir, read_wav_scp
+    from nawsv.data.noise_bank import NoiseBank
+    from nawsv.data.prepare import prepare_musan
+
+    corpora = tmp_path / "my corpora"
+    shutil.copytree(tiny_corpus["voxceleb"] / "test" / "wav", corpora / "vox 1" / "wav")
+    shutil.copytree(tiny_corpus["musan"], corpora / "mu san")
+    data = tmp_path / "data dir"
+    cfg = PrepareConfig(nj=1, shards=False)
+    prepare_speaker_set(corpora / "vox 1" / "wav", data / "test", cfg)                            # stage 1
+    prepare_musan(corpora / "mu san", data, cfg)
+    clean = read_kaldi_dir(data / "test")
+    assert clean.wav_scp and all(" " in path and Path(path).is_file() for path in clean.wav_scp.values())
+    bank = NoiseBank.from_dir(data / "musan_test")
+    assert all(" " in path for path in read_wav_scp(data / "musan_test" / "wav.scp").values())
+    noise = dataclasses.replace(CFG, categories=["noise"], snrs=[5.0])
+    (materialised,) = make_noisy_sets(data / "test", data, noise, musan=bank.root)               # stage 2
+    (mixed,) = make_noisy_sets(data / "test", tmp_path / "manifest only", noise, musan=bank.root, materialize=False)
+    paths = read_wav_scp(materialised / "wav.scp")
+    assert list(paths) == sorted(clean.wav_scp) and all(str(data) in p and Path(p).is_file() for p in paths.values())
+    on_disk, on_the_fly = WavScpSource(materialised), ManifestSource(mixed)
+    for key in paths:
+        np.testing.assert_array_equal(on_disk.load(key), on_the_fly.load(key))

@@ -53,7 +53,7 @@ import yaml
 from nawsv.data.audio import load_audio, write_audio
 from nawsv.data.augment import (ADDITIVE_CATEGORIES, Bank, add_scaled, draw_noise, mix_at_snr, replay_noise,
                                 talker_range)
-from nawsv.data.kaldi import KaldiDir, read_kaldi_dir, read_table, require_utf8_path, write_table
+from nawsv.data.kaldi import KaldiDir, read_kaldi_dir, read_wav_scp, require_utf8_path, write_table
 from nawsv.data.noise_chunks import open_noise_bank
 from nawsv.protocol import write_stage_record
 from nawsv.utils.atomic import atomic_open, atomic_write_bytes, atomic_write_text
@@ -407,7 +407,7 @@ class _ConditionSet:
         """wav.scp lists exactly the clean set's utterances, all existing files (of ``audio_format`` if given)."""
         if not (directory / "wav.scp").is_file():
             return False
-        wav_scp = read_table(directory / "wav.scp", max_fields=None)
+        wav_scp = read_wav_scp(directory / "wav.scp")
         suffix = f".{audio_format}" if audio_format else ""
         return list(wav_scp) == [u for u, _ in self.utts] and all(
             p.endswith(suffix) and Path(p).is_file() for p in wav_scp.values())
