@@ -271,3 +271,32 @@ def test_corpus_and_data_paths_with_spaces_go_through_stages_1_and_2(tiny_corpus
     on_disk, on_the_fly = WavScpSource(materialised), ManifestSource(mixed)
     for key in paths:
         np.testing.assert_array_equal(on_disk.load(key), on_the_fly.load(key))
+
+
+def test_a_rerun_removes_temporaries_left_by_a_sigkill(inputs: dict[str, Path], reference: Path,
+                                                        tmp_path: Path) -> None:
+    """A task killed by SIGKILL (scancel after KillWait, a lost node) leaves hidden temporaries; the rerun of the
+    stage removes them, so the tree equals one process's again."""
+    import re
+    import subprocess
+
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    condition = sorted(p for p in out.iterdir() if p.is_dir())[0]
+    probe = out / "probe.txt"
+    from nawsv.utils.atomic import atomic_open
+    with atomic_open(probe) as handle:                      # this machine's name, as the writer spells it
+        handle.write("x")
+        host = re.search(r"\.probe\.txt\.([A-Za-z0-9_-]+)\+", next(out.glob(".probe.txt.*")).name).group(1)
+    probe.unlink()
+    stale = [condition / f".manifest.tsv.{host}+{gone.pid}.k1ll3d00.tmp",
+             condition / "audio" / f".u.wav.{host}+{gone.pid}.k1ll3d01.tmp"]
+    for path in stale:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half")
+    make_noisy_sets(inputs["test"], out, CFG, **banks_of(inputs))
+    assert not any(path.exists() for path in stale)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == sorted(p.relative_to(reference)
+                                                                         for p in reference.rglob("*"))

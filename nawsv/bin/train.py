@@ -20,6 +20,7 @@ from typing import Sequence
 
 from nawsv.protocol import write_stage_record
 from nawsv.utils.cli import StageParser, add_common_options, add_config_options, run_main, setup_logging, str2bool
+from nawsv.utils.atomic import sweep_stale_temporaries
 from nawsv.utils.config import load_config, save_config
 from nawsv.utils.errors import ConfigError, ExperimentError
 from nawsv.utils.seeding import seed_everything
@@ -154,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             def open_experiment() -> bool:        # rank 0 alone; a refusal here ends every rank at once
                 stack.enter_context(directory_lock(args.exp_dir, f"stage {args.task}"))
+                sweep_stale_temporaries(args.exp_dir)     # of an earlier run killed by SIGKILL
                 save_config(cfg, args.exp_dir, allow_change=args.force_config)
                 write_stage_record(args.exp_dir, args.task, cfg)
                 if final.exists():

@@ -56,7 +56,7 @@ from nawsv.data.augment import (ADDITIVE_CATEGORIES, Bank, add_scaled, draw_nois
 from nawsv.data.kaldi import KaldiDir, read_kaldi_dir, read_wav_scp, require_utf8_path, write_table
 from nawsv.data.noise_chunks import open_noise_bank
 from nawsv.protocol import write_stage_record
-from nawsv.utils.atomic import atomic_open, atomic_write_bytes, atomic_write_text
+from nawsv.utils.atomic import atomic_open, atomic_write_bytes, atomic_write_text, sweep_stale_temporaries
 from nawsv.utils.errors import AudioError, ConfigError, DataError, ExperimentError
 from nawsv.utils.jobs import JobShare, UnfinishedUnits
 from nawsv.utils.lock import directory_lock
@@ -514,6 +514,7 @@ def _fill_conditions(sets: _ConditionSet, share: JobShare, nj: int, merge_only: 
     """Claim the condition dirs, mix this job's chunks, and merge every condition whose chunks are all done."""
     for condition in sets.conditions:
         sets.claim(condition)
+        sweep_stale_temporaries(sets.dirs[condition])     # of runs killed by SIGKILL (SIGTERM removes its own)
     pending = [c for c in sets.conditions if not sets.complete(c)]
     log.info("%s: %d condition(s), %d already complete, %d utterances in %d chunk(s); job %d of %d",
              sets.clean_dir.name, len(sets.conditions), len(sets.conditions) - len(pending), len(sets.utts),
