@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _utterances(source: Path) -> Iterator[tuple[str, np.ndarray]]:
     """(key, samples) in sorted key order from a data dir or a wav.scp-style file."""
     from nawsv.data.audio import load_audio
-    from nawsv.data.kaldi import read_table
+    from nawsv.data.kaldi import read_wav_scp
     from nawsv.data.sources import open_audio_source
 
     if source.is_dir():
@@ -71,7 +71,7 @@ def _utterances(source: Path) -> Iterator[tuple[str, np.ndarray]]:
         return
     if not source.is_file():
         raise DataError(f"{source} is neither a data dir nor a wav.scp file")
-    table = read_table(source, max_fields=None)
+    table = read_wav_scp(source)
     for key in sorted(table):
         yield key, load_audio(table[key], key)
 

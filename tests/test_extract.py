@@ -292,8 +292,11 @@ def test_chunks_are_dealt_across_the_sets_of_a_command(model_file: Path, tmp_pat
     assert (done("a"), done("b"), done("c")) == ([], ["000000"], [])
     assert main(args + ["--emb_root", str(split), "--job", "2", "--num_jobs", "3"]) == 0
     assert (done("a"), done("b"), done("c")) == ([], ["merged"], [])              # job 2 finished b: it merged
-    with pytest.raises(DataError, match=r"chunk 0\), owned by job 0 of 3 \(array index 4\)"):
+    with pytest.raises(DataError) as failed:                              # sets a and c, named in one error
         main(args + ["--emb_root", str(split), "--num_jobs", "3", "--array_first", "4", "--merge", "true"])
+    assert str(failed.value) == (f"merge: 2 chunk(s) are not done yet ({split}/a: chunk 0; {split}/c: chunk 0); "
+                                 f"they belong to job 0 of 3 (array index 4): run them, then merge again "
+                                 f"(sbatch --array=4 --export=ALL,ARRAY=4-6 <template> ...)")
     assert main(args + ["--emb_root", str(split), "--job", "0", "--num_jobs", "3"]) == 0
     assert (done("a"), done("b"), done("c")) == (["merged"], ["merged"], ["merged"])
     assert main(args + ["--emb_root", str(tmp_path / "single")]) == 0

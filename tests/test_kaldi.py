@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nawsv.data.kaldi import (KaldiDir, Trial, check_trials_covered, read_kaldi_dir, read_table, read_trials,
-                              utt2spk_to_spk2utt, write_kaldi_dir, write_table, write_trials)
+                              read_wav_scp, utt2spk_to_spk2utt, write_kaldi_dir, write_table, write_trials)
 from nawsv.utils.errors import DataError
 
 
@@ -16,6 +16,17 @@ def test_table_round_trip_sorted(tmp_path: Path) -> None:
     lines = (tmp_path / "wav.scp").read_text().splitlines()
     assert [line.split()[0] for line in lines] == ["A/0.wav", "a/1.wav", "b/2.wav"]   # C-locale order
     assert read_table(tmp_path / "wav.scp", max_fields=None) == table
+
+
+@pytest.mark.parametrize("path", ["/x/a  b.wav", "/x/a\tb.wav", "/x/a\nb.wav", "/x/a.wav "])
+def test_a_path_other_readers_would_read_differently_is_refused(tmp_path: Path, path: str) -> None:
+    """Single spaces are kept (key, then the rest of the line); WeSpeaker collapses runs of whitespace and a line
+    break ends an entry, so those are refused when writing, and nothing is written."""
+    write_table(tmp_path / "wav.scp", {"u": "/x/my corpus/a b.wav"})
+    assert read_wav_scp(tmp_path / "wav.scp") == {"u": "/x/my corpus/a b.wav"}
+    with pytest.raises(DataError, match=r"value of 'u' .* two spaces in a row"):
+        write_table(tmp_path / "other.scp", {"u": path})
+    assert not (tmp_path / "other.scp").exists()
 
 
 def test_duplicate_key_names_file_and_both_lines(tmp_path: Path) -> None:

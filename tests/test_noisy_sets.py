@@ -194,8 +194,11 @@ def test_rerun_completes_killed_runs(inputs: dict[str, Path], reference: Path, t
     partial = tmp_path / "partial"                                              # a split run with one job missing
     make_noisy_sets(inputs["test"], partial, CFG, **banks_of(inputs), job=1, num_jobs=2)
     assert not any(partial.rglob("manifest.tsv"))
-    with pytest.raises(DataError, match="owned by job 0 of 2"):
+    with pytest.raises(DataError) as failed:
         make_noisy_sets(inputs["test"], partial, CFG, **banks_of(inputs), num_jobs=2, merge_only=True)
+    conditions = sorted(p.name for p in partial.iterdir() if p.is_dir())
+    assert len(conditions) > 1 and all(f"{partial / c}: chunk" in str(failed.value) for c in conditions)   # all at once
+    assert "they belong to job 0 of 2 (array index 0)" in str(failed.value)
     make_noisy_sets(inputs["test"], out, CFG, **banks_of(inputs), nj=2)
     make_noisy_sets(inputs["test"], partial, CFG, **banks_of(inputs))
     assert snapshot(out) == expected == snapshot(partial)
@@ -238,3 +241,62 @@ def test_bad_inputs(inputs: dict[str, Path], tmp_path: Path) -> None:
                       "--override", "categories=[wind]")
     assert proc.returncode == 2 and proc.stderr.startswith("ERROR:") and "wind" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_corpus_and_data_paths_with_spaces_go_through_stages_1_and_2(tiny_corpus: dict[str, Path],
+                                                                     tmp_path: Path) -> None:
+    """wav.scp is read as Kaldi reads it (key, then the rest of the line) by every reader: the clean set, the
+    noise bank and the materialised noisy set all name files under folders with spaces, and the noisy audio
+    read through its wav.scp equals the same mix made on the fly from the manifest."""
+    from nawsv.data.kaldi import read_kaldi_dir, read_wav_scp
+    from nawsv.data.noise_bank import NoiseBank
+    from nawsv.data.prepare import prepare_musan
+
+    corpora = tmp_path / "my corpora"
+    shutil.copytree(tiny_corpus["voxceleb"] / "test" / "wav", corpora / "vox 1" / "wav")
+    shutil.copytree(tiny_corpus["musan"], corpora / "mu san")
+    data = tmp_path / "data dir"
+    cfg = PrepareConfig(nj=1, shards=False)
+    prepare_speaker_set(corpora / "vox 1" / "wav", data / "test", cfg)                            # stage 1
+    prepare_musan(corpora / "mu san", data, cfg)
+    clean = read_kaldi_dir(data / "test")
+    assert clean.wav_scp and all(" " in path and Path(path).is_file() for path in clean.wav_scp.values())
+    bank = NoiseBank.from_dir(data / "musan_test")
+    assert all(" " in path for path in read_wav_scp(data / "musan_test" / "wav.scp").values())
+    noise = dataclasses.replace(CFG, categories=["noise"], snrs=[5.0])
+    (materialised,) = make_noisy_sets(data / "test", data, noise, musan=bank.root)               # stage 2
+    (mixed,) = make_noisy_sets(data / "test", tmp_path / "manifest only", noise, musan=bank.root, materialize=False)
+    paths = read_wav_scp(materialised / "wav.scp")
+    assert list(paths) == sorted(clean.wav_scp) and all(str(data) in p and Path(p).is_file() for p in paths.values())
+    on_disk, on_the_fly = WavScpSource(materialised), ManifestSource(mixed)
+    for key in paths:
+        np.testing.assert_array_equal(on_disk.load(key), on_the_fly.load(key))
+
+
+def test_a_rerun_removes_temporaries_left_by_a_sigkill(inputs: dict[str, Path], reference: Path,
+                                                        tmp_path: Path) -> None:
+    """A task killed by SIGKILL (scancel after KillWait, a lost node) leaves hidden temporaries; the rerun of the
+    stage removes them, so the tree equals one process's again."""
+    import re
+    import subprocess
+
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    condition = sorted(p for p in out.iterdir() if p.is_dir())[0]
+    probe = out / "probe.txt"
+    from nawsv.utils.atomic import atomic_open
+    with atomic_open(probe) as handle:                      # this machine's name, as the writer spells it
+        handle.write("x")
+        host = re.search(r"\.probe\.txt\.([A-Za-z0-9_-]+)\+", next(out.glob(".probe.txt.*")).name).group(1)
+    probe.unlink()
+    stale = [condition / f".manifest.tsv.{host}+{gone.pid}.k1ll3d00.tmp",
+             condition / "audio" / f".u.wav.{host}+{gone.pid}.k1ll3d01.tmp"]
+    for path in stale:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half")
+    make_noisy_sets(inputs["test"], out, CFG, **banks_of(inputs))
+    assert not any(path.exists() for path in stale)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == sorted(p.relative_to(reference)
+                                                                         for p in reference.rglob("*"))

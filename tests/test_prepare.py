@@ -153,6 +153,17 @@ def test_bad_layout(tmp_path: Path, tiny_corpus: dict[str, Path]) -> None:
         prepare_speaker_set(tmp_path / "missing", tmp_path / "t", CFG)
 
 
+
+def test_a_path_with_two_spaces_in_a_row_is_refused_before_any_work(tiny_corpus: dict[str, Path],
+                                                                     tmp_path: Path) -> None:
+    root = copy_test_tree(tiny_corpus, tmp_path)
+    first = sorted(root.rglob("*.wav"))[0]
+    first.rename(first.with_name("a  b.wav"))
+    with pytest.raises(DataError, match=r"a  b.wav: the path holds a tab, a line break, two spaces in a row"):
+        prepare_speaker_set(root, tmp_path / "t", CFG)
+    assert not (tmp_path / "t").exists()
+
+
 def test_cli_error_is_one_line(tiny_corpus: dict[str, Path], tmp_path: Path) -> None:
     root = copy_test_tree(tiny_corpus, tmp_path)
     corrupt(root)

@@ -80,9 +80,11 @@ def test_expected_templates_exist() -> None:
 
 
 def array_env(task: int, first: int, last: int, count: int) -> dict:
+    """What an array task sees (with one GPU: extract_array.sbatch refuses an allocation without one)."""
     return {"SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_MIN": str(first),
             "SLURM_ARRAY_TASK_MAX": str(last), "SLURM_ARRAY_TASK_COUNT": str(count),
-            "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_CPUS_PER_TASK": "3"}
+            "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_CPUS_PER_TASK": "3", "SLURM_GPUS_ON_NODE": "1",
+            "SLURM_GPUS_PER_NODE": ""}
 
 
 @pytest.mark.parametrize("name", ["noisy_array.sbatch", "extract_array.sbatch", "convert_array.sbatch"])
@@ -104,6 +106,83 @@ def test_stage_templates_refuse_wrong_stage(name: str, stage: str, message: str)
     proc = run(["bash", str(SLURM / name)], {"STAGE": stage, "SLURM_SUBMIT_DIR": str(ROOT), "SLURM_NNODES": "2",
                                               "SLURM_JOB_NODELIST": "n[1-2]"})
     assert proc.returncode != 0 and message in proc.stderr
+
+
+# Whatever a template needs before it looks for the checkout (the stage, the array, the allocation)
+PAST_EARLY_CHECKS = {"ARRAY": "0-3", "SRC": "/src", "DST": "/dst", "SLURM_NNODES": "1",
+                     "SLURM_JOB_NODELIST": "n1", **array_env(0, 0, 3, 4)}
+
+
+@pytest.mark.parametrize("script", TEMPLATES, ids=lambda p: p.name)
+def test_submitted_outside_the_checkout_says_how_to_submit(script: Path, tmp_path: Path) -> None:
+    """Slurm runs a copy of the script, so the checkout is the submit dir: elsewhere, one line says what to do."""
+    stage = "3" if script.name == "train.sbatch" else "2"
+    proc = run(["bash", str(script)], {**PAST_EARLY_CHECKS, "STAGE": stage, "SLURM_SUBMIT_DIR": str(tmp_path)},
+               cwd=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == (f"{script.name}: {tmp_path} is not a nawsv checkout; submit from its root (cd "
+                                   f"nawsv && sbatch tools/slurm/{script.name} ...) or set NAWSV_ROOT")
+
+
+def fake_sbatch(tmp_path: Path) -> Path:
+    """A stand-in for sbatch that, like Slurm, opens the script's --output (%x %j %A %a expanded, relative to
+    the submit dir, no folder created) and runs the script there as array task 0 of --array=0-0."""
+    bin_dir = tmp_path / "sbatch_bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "sbatch"
+    stub.write_text(f"""#!{sys.executable}
+import os, re, subprocess, sys
+script, args = sys.argv[1], sys.argv[2:]          # (no sbatch options in these tests)
+text = open(script).read()
+option = lambda name: re.search(rf"^#SBATCH --{{name}}=(\\S+)", text, re.M).group(1)
+job = "4242"
+out = option("output").replace("%x", option("job-name")).replace("%j", job).replace("%A", job).replace("%a", "0")
+env = dict(os.environ, SLURM_JOB_ID=job, SLURM_SUBMIT_DIR=os.getcwd(), SLURM_ARRAY_TASK_ID="0",
+           SLURM_ARRAY_TASK_MIN="0", SLURM_ARRAY_TASK_MAX="0", SLURM_ARRAY_TASK_COUNT="1")
+with open(out, "w") as log:       # Slurm creates no folder: a missing one fails the job
+    sys.exit(subprocess.call(["bash", script, *args], stdout=log, stderr=subprocess.STDOUT, env=env))
+""")
+    stub.chmod(0o755)
+    return bin_dir
+
+
+def test_logs_go_to_logs_under_the_checkout_and_git_ignores_them(tmp_path: Path) -> None:
+    for script in TEMPLATES:
+        array = script.name.endswith("_array.sbatch")
+        assert f"#SBATCH --output=logs/%x-{'%A_%a' if array else '%j'}.out\n" in script.read_text(), script.name
+    assert (ROOT / "logs").is_dir()
+    log = ROOT / "logs" / "nawsv-noisy-4242_0.out"
+    bin_dir = fake_sbatch(tmp_path)
+    try:
+        proc = run(["sbatch", "tools/slurm/noisy_array.sbatch", "--dry_run", "true", "--data",
+                    str(tmp_path / "data"), *CORPUS_OPTIONS], {"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+        assert proc.returncode == 0, proc.stderr + (log.read_text() if log.exists() else "")
+        assert "nawsv.bin.make_noisy_sets" in log.read_text()
+        if (ROOT / ".git").exists():                     # a checkout (not an unpacked archive)
+            for path in (log, ROOT / "slurm-4242.out"):
+                assert run(["git", "check-ignore", "-q", str(path)]).returncode == 0, path
+    finally:
+        log.unlink(missing_ok=True)
+    assert not list(ROOT.glob("slurm-*.out"))
+
+
+@pytest.mark.parametrize("env, device", [({}, "cuda"), ({"DEVICE": "cpu", "SLURM_GPUS_ON_NODE": ""}, "cpu")])
+def test_extract_array_runs_on_the_gpu_asked_for_or_on_cpu(tmp_path: Path, env: dict, device: str) -> None:
+    proc = run(["bash", str(SLURM / "extract_array.sbatch"), "--dry_run", "true", "--data", str(tmp_path / "data"),
+                *CORPUS_OPTIONS], {**array_env(0, 0, 1, 2), **env})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    calls = [c for c in commands(proc.stdout) if "nawsv.bin.extract" in c]
+    assert calls and all(option_value(c, "--device") == device for c in calls)
+
+
+def test_extract_array_without_a_gpu_says_how_to_ask_for_one(tmp_path: Path) -> None:
+    assert "#SBATCH --gpus" not in (SLURM / "extract_array.sbatch").read_text()    # a GPU-less cluster refuses it
+    proc = run(["bash", str(SLURM / "extract_array.sbatch")], {**array_env(0, 0, 1, 2), "SLURM_GPUS_ON_NODE": ""})
+    assert proc.returncode != 0
+    assert "no GPUs in this allocation; request them (sbatch --gpus-per-node=N, or --gpus=1" in proc.stderr
+    assert "or set DEVICE=cpu" in proc.stderr
+    proc = run(["bash", str(SLURM / "extract_array.sbatch")], {**array_env(0, 0, 1, 2), "DEVICE": "tpu"})
+    assert proc.returncode != 0 and "DEVICE must be cuda or cpu, got 'tpu'" in proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -302,7 +381,7 @@ def noisy_tree(data: Path) -> dict[str, bytes]:
 
 def test_stage2_array_resubmit_and_merge(tmp_path: Path, inputs: dict[str, Path]) -> None:
     """--array=1-4 over 6 units: index 3 (job 2) is resubmitted with ARRAY=1-4 while 1, 2, 4 have not run yet: it
-    makes its one unit only (noise chunk 2); the merge then names array indices 1 and 2 for the noise condition;
+    makes its one unit only (noise chunk 2); the merge then names both conditions and array indices 1, 2, 4 at once;
     after the rest of the array, the result equals a one-task array, byte for byte."""
     recipe, data = stage2_recipe(tmp_path, inputs, "split")
     template = ["bash", str(SLURM / "noisy_array.sbatch"), "--data", str(data), "--python", sys.executable]
@@ -317,8 +396,9 @@ def test_stage2_array_resubmit_and_merge(tmp_path: Path, inputs: dict[str, Path]
     merge = ["bash", str(SLURM / "merge.sbatch"), "--data", str(data), "--python", sys.executable]
     proc = run(merge, {**env, "STAGE": "2", "ARRAY": "1-4"})
     assert proc.returncode != 0
-    assert (f"ERROR: {data}/tiny_test_noise_0: 2 chunk(s) are not done yet (first: chunk 0), owned by jobs 0, 1 "
-            f"of 4 (array indices 1, 2); run them before merging") in proc.stderr
+    assert (f"ERROR: merge: 5 chunk(s) are not done yet ({data}/tiny_test_noise_0: chunks 0-1; "
+            f"{data}/tiny_test_music_0: chunks 0-2); they belong to jobs 0, 1, 3 of 4 (array indices 1, 2, 4): "
+            f"run them, then merge again (sbatch --array=1-2,4 --export=ALL,ARRAY=1-4 <template> ...)") in proc.stderr
     for task in (1, 4, 2):                                                            # the rest of the array
         proc = run(template, {**env, **array_env(task, 1, 4, 4)})
         assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -403,7 +483,7 @@ def test_train_template_cpu_allocation(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("env, args, message", [
-    ({}, (), "no GPUs in this allocation; submit with --gpus-per-node=N, or set DEVICE=cpu"),
+    ({}, (), "no GPUs in this allocation; request them (sbatch --gpus-per-node=N"),
     ({"SLURM_GPUS_PER_NODE": "a100:2,v100:2"}, (), "cannot read a GPU count from 'a100:2,v100:2'; set NPROC_PER_NODE"),
     ({"GPUS_PER_NODE": "4"}, (), "GPUS_PER_NODE is now NPROC_PER_NODE"),
     ({"DEVICE": "tpu"}, (), "DEVICE must be cuda or cpu, got 'tpu'"),

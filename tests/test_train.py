@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,78 @@ def test_half_cosine_matches_the_spec_table() -> None:
     for epoch, value in expected.items():
         assert learning_rate(epoch, 27, 5e-5, 5e-7, "half_cosine") == pytest.approx(value, rel=0.05)
     assert learning_rate(33, 50, 5e-5, 5e-5, "constant") == 5e-5
+
+
+def launch_ranks(args: list[str], tmp_path: Path, world: int = 2, timeout: float = 300) -> list[tuple[int, str, float]]:
+    """``python -m nawsv.bin.train args`` as ``world`` ranks started the way srun starts them (RANK, WORLD_SIZE,
+    MASTER_ADDR/PORT; no torchrun agent that would kill the others); (exit code, stderr, exit time) per rank."""
+    from tests.gloo import free_port
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(free_port()), WORLD_SIZE=str(world))
+    logs = [tmp_path / f"rank{r}.err" for r in range(world)]
+    procs = [subprocess.Popen([sys.executable, "-m", "nawsv.bin.train", *args], stdout=subprocess.DEVNULL,
+                              stderr=logs[r].open("w"), env=dict(env, RANK=str(r), LOCAL_RANK=str(r)))
+             for r in range(world)]
+    ended: dict[int, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(ended) < world and time.monotonic() < deadline:
+        for rank, proc in enumerate(procs):
+            if rank not in ended and proc.poll() is not None:
+                ended[rank] = time.monotonic()
+        time.sleep(0.1)
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+    assert len(ended) == world, f"ranks {sorted(set(range(world)) - set(ended))} still ran after {timeout} s"
+    return [(procs[r].returncode, logs[r].read_text(), ended[r]) for r in range(world)]
+
+
+def error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.startswith("ERROR: ")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("lock", "is in use by the test"),
+    ("config", "holds a different config than this run"),
+    ("held_out", "held_out_0"),
+])
+def test_an_error_on_rank_0_alone_ends_every_rank(train_data, tiny_configs, tmp_path: Path, case: str,
+                                                  message: str) -> None:
+    """Two ranks started without torchrun (as srun does): rank 0 alone holds the lock, checks the saved config
+    and loads the held-out audio of the diagnostics; when that fails, rank 1 ends seconds later with the same
+    one-line error instead of waiting 30 minutes in its next collective."""
+    import contextlib
+    import json
+
+    from nawsv.data.store import UtteranceStore
+    from nawsv.train.diagnostics import hold_out
+    from nawsv.train.warmup import WarmupConfig
+    from nawsv.utils.config import load_config, save_config
+    from nawsv.utils.lock import directory_lock
+
+    exp, data = tmp_path / "exp", train_data["dev"]
+    with contextlib.ExitStack() as stack:
+        if case == "lock":
+            stack.enter_context(directory_lock(exp, "the test"))
+        elif case == "config":
+            save_config(load_config(WarmupConfig, tiny_configs["warmup"], ["optim.lr=0.5", "optim.lr_min=0.5"]), exp)
+        elif case == "held_out":                   # the audio of the held-out utterances is not audio
+            data = tmp_path / "data"
+            shutil.copytree(train_data["dev"], data)
+            config = load_config(WarmupConfig, tiny_configs["warmup"])
+            store = UtteranceStore.from_data_dir(data, "raw")
+            held = {store.keys[i] for i in hold_out(store, config.diagnostics.held_out_utts, config.run.seed)[1]}
+            entries = [json.loads(line) for line in (data / "raw.list").read_text().splitlines()]
+            for number, entry in enumerate(e for e in entries if e["key"] in held):
+                entry["wav"] = str(tmp_path / f"held_out_{number}.wav")
+                Path(entry["wav"]).write_bytes(b"not audio")
+            (data / "raw.list").write_text("".join(json.dumps(e) + "\n" for e in entries))
+        args = warmup_args({"dev": data, "musan_train": train_data["musan_train"]}, tiny_configs["warmup"], exp,
+                           "--override", "data.list_type=raw")
+        (code0, err0, end0), (code1, err1, end1) = launch_ranks(args, tmp_path)
+    assert code0 != 0 and code1 != 0
+    assert message in error_line(err0) and error_line(err1) == error_line(err0)
+    assert end1 - end0 < 20, f"rank 1 ended {end1 - end0:.0f} s after rank 0"

@@ -7,6 +7,7 @@ distributed cases run in 2 gloo processes.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -16,9 +17,10 @@ import torch.distributed as dist
 from torch import nn
 
 from nawsv.train import checkpoint as ckpt
+from nawsv.train.dev_metrics import read_dev_metrics
 from nawsv.train.distributed import DistContext
 from nawsv.train.loop import OptimConfig, RunConfig, Trainer, autocast_dtype
-from nawsv.utils.errors import ExperimentError
+from nawsv.utils.errors import DataError, ExperimentError
 from tests.gloo import run_gloo
 
 STEPS = 4
@@ -240,3 +242,72 @@ def test_bf16_only_where_the_gpu_has_it(caplog: pytest.LogCaptureFixture) -> Non
     assert "compute capability 7.5" in caplog.text and "fp32" in caplog.text
     assert autocast_dtype("fp32", cuda, capability=(9, 0)) is None
     assert autocast_dtype("bf16", torch.device("cpu")) is None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Work that rank 0 does alone (issue 21): a failure there ends every rank at once with its one-line message
+
+
+class _FailingDev(_Dev):
+    def __call__(self, embed, device: torch.device) -> dict[str, float]:
+        raise DataError("dev set data/dev: utterance 'u1' cannot be read; fix it and rerun")
+
+
+def _failing_finish(out_dir: Path, epochs: int) -> None:
+    raise RuntimeError("disk on fire")
+
+
+CASES = {"checkpoint": ("ExperimentError", "has format version 2, written by a newer nawsv"),
+         "dev": ("DataError", "dev set data/dev: utterance 'u1' cannot be read; fix it and rerun"),
+         "finish": ("RuntimeError", "disk on fire")}
+
+
+def _rank0_failure_worker(rank: int, out: str) -> None:
+    """Each case in turn in one process group (a failure leaves the group usable: every rank took part)."""
+    for case in CASES:
+        task = ToyTask(rank=rank)
+        if case == "finish":
+            task.finish = _failing_finish
+        dev = _FailingDev() if case == "dev" else None
+        trainer = _trainer(task, Path(out) / case, rank=rank, world=2, dev=dev)
+        start = time.monotonic()
+        try:
+            trainer.fit()
+            result = ("none", "no error")
+        except Exception as exc:  # noqa: BLE001 - the test compares what each rank raised
+            result = (type(exc).__name__, str(exc))
+        torch.save((*result, time.monotonic() - start), f"{out}/{case}.rank{rank}.pt")
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_an_error_on_rank_0_alone_ends_every_rank_at_once(tmp_path: Path) -> None:
+    """A newer-format checkpoint, a failing dev evaluation, a failing final write: rank 1 raises rank 0's
+    one-line message (a bug's type and traceback stay in rank 0's log) within seconds. Collectives time out
+    after 20 s, so a rank left waiting would end with a timeout, not this message."""
+    exp = tmp_path / "checkpoint"
+    _trainer(ToyTask(), exp).fit()
+    sidecar = exp / "checkpoints" / "epoch_1.json"
+    sidecar.write_text(sidecar.read_text().replace('"format_version": 1', '"format_version": 2'))
+    run_gloo(_rank0_failure_worker, 2, str(tmp_path), timeout=20)
+    for case, (error, message) in CASES.items():
+        (type0, text0, _), (type1, text1, seconds) = (torch.load(tmp_path / f"{case}.rank{r}.pt") for r in (0, 1))
+        assert type0 == error and message in text0, case
+        assert type1 == "RankZeroFailed" and seconds < 20, case
+        if error == "RuntimeError":
+            assert text1 == (f"rank 0 failed while writing the final model: RuntimeError: {text0} (its log has "
+                             f"the traceback)")
+        else:
+            assert text1 == text0 and "\n" not in text1, case
+    assert (tmp_path / "dev" / "checkpoints" / "epoch_1.pt").is_file()        # saved before the dev evaluation
+
+
+def test_a_failing_dev_evaluation_keeps_the_epoch_and_the_rerun_scores_it(tmp_path: Path) -> None:
+    exp = tmp_path / "exp"
+    with pytest.raises(DataError, match="cannot be read"):
+        _trainer(ToyTask(), exp, epochs=2, dev=_FailingDev()).fit()
+    assert [p.name for p in ckpt.list_checkpoints(exp / "checkpoints")] == ["epoch_1.pt"]     # saved before
+    dev = _Dev()
+    _trainer(ToyTask(), exp, epochs=2, dev=dev).fit()
+    assert len(dev.benchmark) == 2                              # epoch 1 (missed) and epoch 2, nothing twice
+    assert [row["epoch"] for row in read_dev_metrics(exp)] == ["1", "2"]
+    assert ckpt.load_checkpoint(exp / "checkpoints" / "epoch_2.pt")["epoch"] == 2

@@ -32,7 +32,7 @@ from nawsv.utils.cli import (StageParser, add_common_options, add_config_options
                             run_main, setup_logging)
 from nawsv.utils.config import load_config
 from nawsv.utils.errors import ConfigError
-from nawsv.utils.jobs import JobShare
+from nawsv.utils.jobs import JobShare, UnfinishedUnits
 
 log = logging.getLogger("nawsv.bin.extract")
 
@@ -101,9 +101,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(args.num_threads)
     model = SpeakerModelFile(args.model, args.device, cfg.bf16)
-    complete = sum(extract_set(model, data_dir, out_dir, cfg, job=args.job, num_jobs=args.num_jobs,
-                               merge_only=args.merge, first_unit=first_unit, array_first=args.array_first)
-                   for (data_dir, out_dir), first_unit in zip(pairs, first_units, strict=True))
+    complete, unfinished = 0, []
+    for (data_dir, out_dir), first_unit in zip(pairs, first_units, strict=True):
+        try:
+            complete += extract_set(model, data_dir, out_dir, cfg, job=args.job, num_jobs=args.num_jobs,
+                                    merge_only=args.merge, first_unit=first_unit, array_first=args.array_first)
+        except UnfinishedUnits as exc:          # a merge goes through every set, then names all that is missing
+            unfinished.append(exc)
+    if unfinished:
+        raise UnfinishedUnits.combine(unfinished)
     log.info("%d of %d set(s) complete", complete, len(pairs))
     return 0
 

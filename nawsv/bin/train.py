@@ -20,8 +20,9 @@ from typing import Sequence
 
 from nawsv.protocol import write_stage_record
 from nawsv.utils.cli import StageParser, add_common_options, add_config_options, run_main, setup_logging, str2bool
+from nawsv.utils.atomic import sweep_stale_temporaries
 from nawsv.utils.config import load_config, save_config
-from nawsv.utils.errors import ConfigError, ExperimentError, NawsvError
+from nawsv.utils.errors import ConfigError, ExperimentError
 from nawsv.utils.seeding import seed_everything
 
 log = logging.getLogger("nawsv.bin.train")
@@ -86,10 +87,16 @@ def _attach_log_file(path: Path) -> None:
     logging.getLogger("nawsv").addHandler(handler)
 
 
+def _no_diagnostics(epoch: int) -> dict[str, float]:
+    """What the other ranks hold where rank 0 holds the diagnostics (the trainer calls rank 0's alone)."""
+    return {}
+
+
 def _train(args: argparse.Namespace, cfg, ctx) -> None:
     import torch
 
     from nawsv.data.store import UtteranceStore
+    from nawsv.train.distributed import on_rank_zero
     from nawsv.train.loop import Trainer
 
     if cfg.ssl.random_init and not (args.task == "finetune" and args.init not in (None, "none")):
@@ -115,7 +122,11 @@ def _train(args: argparse.Namespace, cfg, ctx) -> None:
     if args.dev_data is not None:                # every rank knows; rank 0 evaluates, the others wait
         from nawsv.train.dev_eval import DevEvaluator
         dev = DevEvaluator(args.dev_data, args.dev_trials)
-    diagnostics = task.diagnostics(full_store, held_out, args.exp_dir) if held_out and ctx.is_main else None
+    diagnostics = None
+    if held_out:                                 # rank 0 loads the held-out audio and computes; the others wait
+        loaded = on_rank_zero(lambda: task.diagnostics(full_store, held_out, args.exp_dir),
+                              "loading the held-out utterances of the diagnostics")
+        diagnostics = loaded if ctx.is_main else _no_diagnostics
     Trainer(task, cfg.epochs, cfg.optim, cfg.run, args.exp_dir, ctx, dev=dev, diagnostics=diagnostics).fit(args.resume)
 
 
@@ -130,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ExperimentError(f"--init {args.init}: the warm-up student does not exist; run the warm-up stage (3) "
                               f"first, or pass --init none for the baseline without warm-up")
     from nawsv.data.kaldi import require_utf8_path
-    from nawsv.train.distributed import all_ranks_true, broadcast_object, cleanup, init_distributed
+    from nawsv.train.distributed import cleanup, init_distributed, on_rank_zero
     from nawsv.utils.lock import directory_lock
 
     require_utf8_path(args.exp_dir.resolve(), "--exp_dir", "TensorBoard cannot write its event files there")
@@ -140,23 +151,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("running on CPU: bf16 autocast is used on CUDA only, training in fp32")
     try:
         with contextlib.ExitStack() as stack:
-            problem = None
-            if ctx.is_main:
-                try:
-                    stack.enter_context(directory_lock(args.exp_dir, f"stage {args.task}"))
-                except NawsvError as exc:          # locked by another run, or not writable
-                    problem = exc
-            if not all_ranks_true(problem is None, ctx.device):
-                raise problem or ExperimentError(f"{args.exp_dir} is locked by another run")
-            if ctx.is_main:
+            final = args.exp_dir / FINAL[args.task]
+
+            def open_experiment() -> bool:        # rank 0 alone; a refusal here ends every rank at once
+                stack.enter_context(directory_lock(args.exp_dir, f"stage {args.task}"))
+                sweep_stale_temporaries(args.exp_dir)     # of an earlier run killed by SIGKILL
                 save_config(cfg, args.exp_dir, allow_change=args.force_config)
                 write_stage_record(args.exp_dir, args.task, cfg)
-            final = args.exp_dir / FINAL[args.task]
-            if broadcast_object(final.exists() if ctx.is_main else None):   # rank 0's view decides for all
+                if final.exists():
+                    return True
+                _attach_log_file(args.exp_dir / "train.log")
+                return False
+
+            if on_rank_zero(open_experiment, "opening the experiment directory", share=True):   # rank 0's view
                 log.info("%s exists: stage already finished (use a new --exp_dir to train again)", final)
                 return 0
-            if ctx.is_main:
-                _attach_log_file(args.exp_dir / "train.log")
             _train(args, cfg, ctx)
     finally:
         cleanup()

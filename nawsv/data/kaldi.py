@@ -77,13 +77,35 @@ def read_table(path: str | Path, min_fields: int = 2, max_fields: int | None = 2
     return table
 
 
+def list_value_problem(value: str) -> str | None:
+    """Why ``value`` (e.g. a path) cannot go into a Kaldi list, or None. Single spaces are fine; other whitespace
+    is not: Kaldi and kaldiio keep a tab or two spaces in a row, WeSpeaker turns them into one space, and a line
+    break ends the entry."""
+    if value == " ".join(value.split()):
+        return None
+    return ("holds a tab, a line break, two spaces in a row or whitespace at either end, which readers of Kaldi "
+            "lists do not read back alike; rename the file or folder")
+
+
+def read_wav_scp(path: str | Path) -> dict[str, str]:
+    """``wav.scp`` as Kaldi, kaldiio and WeSpeaker read it: the key, then the rest of the line (a path may hold
+    spaces). Every reader of a wav.scp goes through here, so all agree on the same rule."""
+    return read_table(path, max_fields=None)
+
+
 def write_table(path: str | Path, table: Mapping[str, object] | Iterable[tuple[str, object]]) -> None:
-    """Write ``key value`` lines sorted by key (C-locale order, as Kaldi tools require), atomically."""
+    """Write ``key value`` lines sorted by key (C-locale order, as Kaldi tools require), atomically.
+
+    A value may hold single spaces (read back as the rest of the line); see :func:`list_value_problem`.
+    """
     items = table.items() if isinstance(table, Mapping) else table
     rows = sorted((str(k), str(v)) for k, v in items)
-    for key, _ in rows:
+    for key, value in rows:
         if not key or any(c.isspace() for c in key):
             raise DataError(f"cannot write {path}: key {key!r} is empty or contains whitespace")
+        problem = list_value_problem(value)
+        if problem:
+            raise DataError(f"cannot write {path}: the value of {key!r} ({value!r}) {problem}")
     with atomic_open(path) as handle:
         for key, value in rows:
             handle.write(f"{key} {value}\n")
@@ -143,7 +165,7 @@ def read_kaldi_dir(directory: str | Path, need_utt2dur: bool = False) -> KaldiDi
     directory = Path(directory)
     if not directory.is_dir():
         raise DataError(f"data directory {directory} does not exist; run stage 1 (data preparation) first")
-    wav_scp = read_table(directory / "wav.scp", max_fields=None)
+    wav_scp = read_wav_scp(directory / "wav.scp")
     utt2spk = read_table(directory / "utt2spk")
     dur_path = directory / "utt2dur"
     utt2dur = None

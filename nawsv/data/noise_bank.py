@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from nawsv.data.audio import SAMPLE_RATE, audio_info, load_audio
-from nawsv.data.kaldi import read_table
+from nawsv.data.kaldi import read_table, read_wav_scp
 from nawsv.utils.errors import DataError
 
 
@@ -34,7 +34,7 @@ class NoiseBank:
         root = Path(path).resolve()
         if not root.is_dir():
             raise DataError(f"noise bank {root} does not exist; run stage 1 (prepare_data musan/bank) to create it")
-        wav_scp = read_table(root / "wav.scp")
+        wav_scp = read_wav_scp(root / "wav.scp")
         utt2cat = read_table(root / "utt2cat")
         if not wav_scp:
             raise DataError(f"noise bank {root}: wav.scp is empty; rerun stage 1 on a folder that holds audio")

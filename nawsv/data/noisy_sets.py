@@ -53,12 +53,12 @@ import yaml
 from nawsv.data.audio import load_audio, write_audio
 from nawsv.data.augment import (ADDITIVE_CATEGORIES, Bank, add_scaled, draw_noise, mix_at_snr, replay_noise,
                                 talker_range)
-from nawsv.data.kaldi import KaldiDir, read_kaldi_dir, read_table, require_utf8_path, write_table
+from nawsv.data.kaldi import KaldiDir, read_kaldi_dir, read_wav_scp, require_utf8_path, write_table
 from nawsv.data.noise_chunks import open_noise_bank
 from nawsv.protocol import write_stage_record
-from nawsv.utils.atomic import atomic_open, atomic_write_bytes, atomic_write_text
+from nawsv.utils.atomic import atomic_open, atomic_write_bytes, atomic_write_text, sweep_stale_temporaries
 from nawsv.utils.errors import AudioError, ConfigError, DataError, ExperimentError
-from nawsv.utils.jobs import JobShare
+from nawsv.utils.jobs import JobShare, UnfinishedUnits
 from nawsv.utils.lock import directory_lock
 from nawsv.utils.progress import progress
 from nawsv.utils.records import read_record
@@ -407,7 +407,7 @@ class _ConditionSet:
         """wav.scp lists exactly the clean set's utterances, all existing files (of ``audio_format`` if given)."""
         if not (directory / "wav.scp").is_file():
             return False
-        wav_scp = read_table(directory / "wav.scp", max_fields=None)
+        wav_scp = read_wav_scp(directory / "wav.scp")
         suffix = f".{audio_format}" if audio_format else ""
         return list(wav_scp) == [u for u, _ in self.utts] and all(
             p.endswith(suffix) and Path(p).is_file() for p in wav_scp.values())
@@ -514,6 +514,7 @@ def _fill_conditions(sets: _ConditionSet, share: JobShare, nj: int, merge_only: 
     """Claim the condition dirs, mix this job's chunks, and merge every condition whose chunks are all done."""
     for condition in sets.conditions:
         sets.claim(condition)
+        sweep_stale_temporaries(sets.dirs[condition])     # of runs killed by SIGKILL (SIGTERM removes its own)
     pending = [c for c in sets.conditions if not sets.complete(c)]
     log.info("%s: %d condition(s), %d already complete, %d utterances in %d chunk(s); job %d of %d",
              sets.clean_dir.name, len(sets.conditions), len(sets.conditions) - len(pending), len(sets.utts),
@@ -528,6 +529,7 @@ def _fill_conditions(sets: _ConditionSet, share: JobShare, nj: int, merge_only: 
         plan = _Plan(sets.cfg.seed, sets.talkers, {n: str(b.root) for n, b in sets.banks.items()}, sets.materialize,
                      sets.audio_format, sets.cfg.level_floor, sets.cfg.musan_chunks, sets.cfg.clipping)
         _run_tasks(tasks, plan, nj)
+    unfinished: dict[str, tuple[int, list[int]]] = {}     # a merge goes through every condition, then names all
     for condition in pending:
         with directory_lock(sets.dirs[condition], "stage 2 merge", name=MERGE_LOCK, wait=True):
             if sets.complete(condition):
@@ -536,12 +538,12 @@ def _fill_conditions(sets: _ConditionSet, share: JobShare, nj: int, merge_only: 
             if not waiting:
                 sets.merge(condition)
             elif merge_only:
-                owners = share.owners([sets.unit(condition, i) for i in waiting])
-                raise DataError(f"{sets.dirs[condition]}: {len(waiting)} chunk(s) are not done yet (first: chunk "
-                                f"{waiting[0]}), owned by {owners}; run them before merging")
+                unfinished[str(sets.dirs[condition])] = (sets.unit(condition, 0), waiting)
             else:
                 log.info("%s: %d chunk(s) left to other jobs; the last job to finish merges",
                          sets.dirs[condition].name, len(waiting))
+    if unfinished:
+        raise UnfinishedUnits(share, unfinished)
 
 
 def _run_tasks(tasks: list[_Task], plan: _Plan, nj: int) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
 from nawsv.data.audio import SAMPLE_RATE, AudioInfo, audio_info
-from nawsv.data.kaldi import (KaldiDir, Trial, is_utf8, printable_path, read_trials, write_kaldi_dir, write_table,
-                              write_trials)
+from nawsv.data.kaldi import (KaldiDir, Trial, is_utf8, list_value_problem, printable_path, read_trials,
+                              write_kaldi_dir, write_table, write_trials)
 from nawsv.data.lists import Utterance, shard_groups, write_raw_list, write_shard
 from nawsv.utils.atomic import atomic_directory, atomic_write_text
 from nawsv.utils.errors import AudioError, ConfigError, DataError
@@ -92,6 +92,10 @@ def _audio_files(root: Path) -> list[Path]:
                         f"--src_root {root} --dst_root <new folder>` and prepare the converted folder")
     if not files:
         raise DataError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) found under {root}")
+    for path in files:                    # refused before any work: wav.scp must read back as written
+        problem = list_value_problem(str(path))
+        if problem:
+            raise DataError(f"{printable_path(path)}: the path {problem}")
     return sorted(files)
 
 

@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from nawsv.data.audio import load_audio
-from nawsv.data.kaldi import read_table
+from nawsv.data.kaldi import read_wav_scp
 from nawsv.data.noise_chunks import open_noise_bank
 from nawsv.data.noisy_sets import (CONDITION_NAME, MANIFEST_NAME, pcm16_to_float, read_condition, read_manifest,
                                    render)
@@ -32,7 +32,7 @@ class WavScpSource:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._paths = read_table(directory / "wav.scp", max_fields=None)
+        self._paths = read_wav_scp(directory / "wav.scp")
 
     def keys(self) -> list[str]:
         return list(self._paths)

@@ -29,9 +29,9 @@ from nawsv.extract.arkio import read_ark, read_scp, write_ark, write_ark_scp
 from nawsv.extract.config import ExtractConfig
 from nawsv.extract.embedder import Embedder, resolve_device
 from nawsv.extract.loader import iterate_audio
-from nawsv.utils.atomic import atomic_write_text
+from nawsv.utils.atomic import atomic_write_text, sweep_stale_temporaries
 from nawsv.utils.errors import ConfigError, DataError
-from nawsv.utils.jobs import JobShare
+from nawsv.utils.jobs import JobShare, UnfinishedUnits
 from nawsv.utils.lock import directory_lock, file_lock
 from nawsv.utils.progress import progress_bar
 
@@ -206,6 +206,7 @@ def extract_set(model: SpeakerModelFile, data_dir: str | Path, out_dir: str | Pa
 
 def _extract_set(model: SpeakerModelFile, source: AudioSource, data_dir: Path, out_dir: Path, cfg: ExtractConfig,
                  share: JobShare, first_unit: int, merge_only: bool) -> bool:
+    sweep_stale_temporaries(out_dir)              # of runs killed by SIGKILL (SIGTERM removes its own)
     plan = _plan(model, data_dir, out_dir, cfg, source)
     if plan is None:
         log.info("%s: embeddings already complete in %s; skipped", data_dir.name, out_dir)
@@ -222,9 +223,7 @@ def _extract_set(model: SpeakerModelFile, source: AudioSource, data_dir: Path, o
         waiting = [c for c in range(len(plan.chunks)) if not plan.chunk_done(c)]
         if waiting:
             if merge_only:
-                owners = share.owners([first_unit + c for c in waiting])
-                raise DataError(f"{out_dir}: {len(waiting)} chunk(s) are not extracted yet (first: chunk "
-                                f"{waiting[0]}), owned by {owners}; run them before merging")
+                raise UnfinishedUnits(share, {str(out_dir): (first_unit, waiting)})
             log.info("%s: %d chunk(s) left to other jobs; the last job to finish merges", data_dir.name,
                      len(waiting))
             return False

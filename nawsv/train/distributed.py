@@ -10,12 +10,19 @@ import dataclasses
 import datetime
 import logging
 import os
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 import torch
 import torch.distributed as dist
 
+from nawsv.utils.errors import NawsvError
+
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class RankZeroFailed(NawsvError):
+    """Raised on the other ranks when work that rank 0 does alone failed there (same one-line message)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +104,33 @@ def broadcast_object(value: Any) -> Any:
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def on_rank_zero(action: Callable[[], T], what: str, share: bool = False) -> T | None:
+    """Run ``action`` on rank 0 alone; an error there ends every rank at once, with rank 0's one-line message.
+
+    Without this the other ranks would wait in their next collective until the 30-minute timeout. Every rank
+    must call it at the same point (it holds one collective, which also serves as the barrier after the work).
+    Rank 0 re-raises its own exception; the others raise :class:`RankZeroFailed`. ``what`` says what rank 0
+    was doing, for errors that are not user errors. With ``share`` every rank returns rank 0's result (which
+    must pickle); otherwise the other ranks get None.
+    """
+    result, problem = None, None
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        try:
+            result = action()
+        except Exception as exc:  # noqa: BLE001 - any failure must reach the other ranks before it ends rank 0
+            problem = exc
+    message = None
+    if problem is not None:
+        message = str(problem) if isinstance(problem, NawsvError) else (
+            f"rank 0 failed while {what}: {type(problem).__name__}: {problem} (its log has the traceback)")
+    message, shared = broadcast_object((message, result if share else None))
+    if problem is not None:
+        raise problem
+    if message is not None:
+        raise RankZeroFailed(message)
+    return shared if share else result
 
 
 def gather_objects(value: Any) -> list[Any]:

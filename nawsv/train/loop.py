@@ -27,9 +27,9 @@ import torch
 
 from nawsv.train import checkpoint as ckpt
 from nawsv.train.dev_eval import DevEvaluator
-from nawsv.train.dev_metrics import record_dev_metrics
-from nawsv.train.distributed import (DistContext, all_ranks_true, average_gradients, barrier, broadcast_module_states,
-                                     broadcast_object, gather_objects)
+from nawsv.train.dev_metrics import read_dev_metrics, record_dev_metrics
+from nawsv.train.distributed import (DistContext, all_ranks_true, average_gradients, broadcast_module_states,
+                                     gather_objects, on_rank_zero)
 from nawsv.train.schedule import learning_rate
 from nawsv.utils.errors import ExperimentError, NawsvError
 from nawsv.utils.seeding import stable_seed
@@ -145,7 +145,7 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.ctx = ctx
         self.dev = dev
-        self.diagnostics = diagnostics       # rank 0 only: epoch -> values (nawsv.train.diagnostics)
+        self.diagnostics = diagnostics       # on every rank or none; rank 0's is called (epoch -> values)
         self.parameters = [p for m in task.modules().values() for p in m.parameters()]
         self.optimizer = self._new_optimizer()
         self.nonfinite_total = 0
@@ -202,27 +202,24 @@ class Trainer:
 
     def _save(self, name: str, epoch: int, step_in_epoch: int) -> None:
         """Rank 0 writes; a refusal there (e.g. non-finite weights) stops every rank instead of hanging them."""
-        problem = None
-        if self.ctx.is_main:
-            try:
-                ckpt.save_checkpoint(self.ckpt_dir / name, self._state(epoch, step_in_epoch))
-                ckpt.prune_checkpoints(self.ckpt_dir, self.run_cfg.keep_checkpoints)
-            except NawsvError as exc:
-                problem = exc
-        if not all_ranks_true(problem is None, self.ctx.device):
-            raise problem or TrainingError(f"rank 0 could not write checkpoint {name} (see its log)")
+        def write() -> None:
+            ckpt.save_checkpoint(self.ckpt_dir / name, self._state(epoch, step_in_epoch))
+            ckpt.prune_checkpoints(self.ckpt_dir, self.run_cfg.keep_checkpoints)
+        on_rank_zero(write, f"writing checkpoint {name}")
 
     def _start(self, resume: str) -> tuple[int, int]:
         """Rank 0 alone looks at the checkpoint directory; every rank follows its decision."""
         if resume == "never":
-            existing = broadcast_object(bool(ckpt.list_checkpoints(self.ckpt_dir)) if self.ctx.is_main else None)
+            existing = on_rank_zero(lambda: bool(ckpt.list_checkpoints(self.ckpt_dir)), "listing checkpoints", True)
             if existing:
                 raise ExperimentError(f"{self.ckpt_dir} already holds checkpoints and --resume never was given; "
                                       f"use --resume auto to continue, or another experiment directory")
             return 0, 0
         if resume == "auto":
-            latest = ckpt.latest_good_checkpoint(self.ckpt_dir) if self.ctx.is_main else None
-            name = broadcast_object(None if latest is None else latest.name)   # each rank opens it in its own view
+            def latest() -> str | None:     # a newer-format checkpoint raises here, on rank 0 alone
+                path = ckpt.latest_good_checkpoint(self.ckpt_dir)
+                return None if path is None else path.name
+            name = on_rank_zero(latest, "looking for checkpoints", share=True)   # each rank opens it in its own view
             return self._restore(self.ckpt_dir / name) if name else (0, 0)
         return self._restore(Path(resume))
 
@@ -301,6 +298,8 @@ class Trainer:
         try:
             if start_epoch == 0 and start_step == 0:
                 self._diagnose(0)
+            elif start_step == 0:
+                self._evaluate(start_epoch - 1, missing_only=True)   # a failed evaluation of the saved epoch
             for epoch in range(start_epoch, self.epochs):
                 fresh = self.task.configure_epoch(epoch)
                 if fresh and start_step == 0 and epoch > 0:
@@ -311,45 +310,50 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 self._run_epoch(epoch, start_step, lr, progress_bar)
+                start_step = 0
+                self._save(ckpt.epoch_checkpoint_name(epoch + 1), epoch + 1, 0)   # before anything that may fail
                 self._evaluate(epoch)
                 self._diagnose(epoch + 1)
-                start_step = 0
-                self._save(ckpt.epoch_checkpoint_name(epoch + 1), epoch + 1, 0)
-            if self.ctx.is_main:
-                self.task.finish(self.out_dir, self.epochs)
-            barrier()
+            on_rank_zero(lambda: self.task.finish(self.out_dir, self.epochs), "writing the final model")
         finally:
             if self.writer is not None:
                 self.writer.close()
 
     def _diagnose(self, epoch: int) -> None:
         """Task diagnostics before training (epoch 0) and after every epoch, logged under diagnostics/."""
-        if self.diagnostics is not None:
+        def diagnose() -> None:
             self._log_scalars({f"diagnostics/{k}": v for k, v in self.diagnostics(epoch).items()}, epoch)
+        if self.diagnostics is not None:
+            on_rank_zero(diagnose, "computing the diagnostics")
 
-    def _evaluate(self, epoch: int) -> None:
-        """Score the dev trials on rank 0 (monitoring only); modules return to their training modes after."""
-        if self.dev is None:
+    def _evaluate(self, epoch: int, missing_only: bool = False) -> None:
+        """Score the dev trials on rank 0 (monitoring only); modules return to their training modes after.
+
+        ``missing_only``: only when ``dev_metrics.tsv`` lacks the epoch (its evaluation failed after the save).
+        """
+        if self.dev is not None:
+            on_rank_zero(lambda: self._evaluate_here(epoch, missing_only), "evaluating the dev trials")
+
+    def _evaluate_here(self, epoch: int, missing_only: bool) -> None:
+        if missing_only and any(int(row["epoch"]) == epoch + 1 for row in read_dev_metrics(self.out_dir)):
             return
-        if self.ctx.is_main:
-            modules = self.task.modules().values()
-            modes = [m.training for m in modules]
-            benchmark = torch.backends.cudnn.benchmark
-            torch.backends.cudnn.benchmark = False   # every dev utterance has its own length: no autotuning each
-            for module in modules:
-                module.eval()
-            try:
-                with self._autocast():
-                    values = self.dev(self.task.dev_embed, self.ctx.device)
-            finally:
-                torch.backends.cudnn.benchmark = benchmark
-                for module, mode in zip(modules, modes, strict=True):
-                    module.train(mode)
-            self._log_scalars({f"dev/{k}": v for k, v in values.items()}, epoch + 1)
-            record_dev_metrics(self.out_dir, epoch + 1, self.dev.name, values)
-            log.info("epoch %d/%d dev (%s): %s", epoch + 1, self.epochs, self.dev.name,
-                     ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
-        barrier()
+        modules = self.task.modules().values()
+        modes = [m.training for m in modules]
+        benchmark = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = False   # every dev utterance has its own length: no autotuning each
+        for module in modules:
+            module.eval()
+        try:
+            with self._autocast():
+                values = self.dev(self.task.dev_embed, self.ctx.device)
+        finally:
+            torch.backends.cudnn.benchmark = benchmark
+            for module, mode in zip(modules, modes, strict=True):
+                module.train(mode)
+        self._log_scalars({f"dev/{k}": v for k, v in values.items()}, epoch + 1)
+        record_dev_metrics(self.out_dir, epoch + 1, self.dev.name, values)
+        log.info("epoch %d/%d dev (%s): %s", epoch + 1, self.epochs, self.dev.name,
+                 ", ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
     def _run_epoch(self, epoch: int, start_step: int, lr: float, progress_bar) -> None:
         steps = self.task.steps_in_epoch(epoch)

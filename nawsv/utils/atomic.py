@@ -3,14 +3,24 @@
 A killed stage leaves at most a hidden temporary next to the target, never a truncated target. A write that
 fails (read-only or forbidden directory, full disk, text that is not UTF-8) removes its temporary, leaves the
 old target as it was and raises a one-line user error that names the target, the cause and the fix.
+
+SIGTERM (``scancel``, a job's time limit, ``kill``) removes the temporaries of the writes in progress before the
+process dies of the signal as it would have. Only SIGKILL or a crash can leave one: its name
+(``.<target>.<host>+<pid>.<random>.tmp``) says which process wrote it, and :func:`sweep_stale_temporaries`,
+called by a rerun, removes those of processes of this host that are gone.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
+import re
 import shutil
+import signal
+import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Iterator
 
@@ -20,6 +30,80 @@ from nawsv.utils.errors import DataError, OutputError
 _WRITE_FAILURES = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+log = logging.getLogger(__name__)
+_HOST = re.sub(r"[^A-Za-z0-9-]", "_", socket.gethostname()) or "host"
+_TEMPORARY = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)\+(?P<pid>\d+)\.[^.]+\.(?:tmp|old)$")
+_in_progress: dict[Path, int] = {}         # temporaries of the writes under way -> the pid that made them
+
+
+def _prefix(target: Path) -> str:
+    return f".{target.name}.{_HOST}+{os.getpid()}."
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Remove this process's temporaries, then die of SIGTERM as without the handler (exit status 143)."""
+    for path, pid in list(_in_progress.items()):
+        if pid == os.getpid():                 # a forked child also holds its parent's entries: not its own
+            _remove(path)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _track(path: Path) -> None:
+    """Remember a temporary until its write ends; install the SIGTERM clean-up where SIGTERM still kills."""
+    _in_progress[path] = os.getpid()
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+@contextlib.contextmanager
+def _sigterm_held() -> Iterator[None]:
+    """Hold SIGTERM back for a few system calls that must not be separated; it is delivered right after."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_temporaries(root: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries under ``root`` that processes of this host left when killed (SIGKILL, a crash).
+
+    A temporary of a process that still runs, or of another host (which cannot be asked), is left alone, so
+    this is safe while other jobs write in the same tree. Returns what was removed.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    stale = sorted(p for p in root.rglob(".*") if (m := _TEMPORARY.match(p.name)) and m["host"] == _HOST
+                   and not _alive(int(m["pid"])))
+    removed: list[Path] = []
+    for path in stale:
+        if not any(parent in removed for parent in path.parents):
+            _remove(path)
+            removed.append(path)
+    if removed:
+        log.info("removed %d temporary file(s) of killed earlier runs under %s", len(removed), root)
+    return removed
 
 
 def _fsync_dir(path: Path) -> None:
@@ -69,10 +153,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     binary = "b" in mode
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent)
     except OSError as exc:
         raise output_error(target, exc) from None
     tmp = Path(tmp_name)
+    _track(tmp)
     committing = False
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
@@ -95,6 +180,8 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _in_progress.pop(tmp, None)
     _fsync_dir(target.parent)
 
 
@@ -129,23 +216,25 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        staging = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".tmp", dir=target.parent))
     except OSError as exc:
         raise output_error(target, exc) from None
+    _track(staging)
     committing = False
     try:
         yield staging
         committing = True
         os.chmod(staging, 0o755)
         if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            retired = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=".old", dir=target.parent))
             retired.rmdir()
-            os.replace(target, retired)
-            try:
-                os.replace(staging, target)
-            except OSError:
-                os.replace(retired, target)          # put the old directory back before reporting
-                raise
+            with _sigterm_held():                    # no moment without a directory at ``target``
+                os.replace(target, retired)
+                try:
+                    os.replace(staging, target)
+                except OSError:
+                    os.replace(retired, target)      # put the old directory back before reporting
+                    raise
             shutil.rmtree(retired, ignore_errors=True)
         else:
             os.replace(staging, target)
@@ -157,4 +246,6 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        _in_progress.pop(staging, None)
     _fsync_dir(target.parent)

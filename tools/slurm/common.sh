@@ -45,7 +45,8 @@ allocated_gpus_per_node() {
   local given=${SLURM_GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-}}
   local count=${given##*:}
   if [ -z "$count" ] || [ "$count" = 0 ]; then
-    echo "$1: no GPUs in this allocation; submit with --gpus-per-node=N, or set DEVICE=cpu for a CPU run" >&2
+    echo "$1: no GPUs in this allocation; request them (sbatch --gpus-per-node=N, or --gpus=1 for an array" \
+      "task), or set DEVICE=cpu for a CPU run" >&2
     return 1
   fi
   if [[ "$given" == *,* || "$count" == *[!0-9]* ]]; then     # several GPU types: say how many processes
