@@ -206,17 +206,26 @@ def read_upstream_cfg(path: Path) -> dict[str, Any]:
     return dict(checkpoint["cfg"])
 
 
+def load_exactly(module: nn.Module, weights: dict[str, torch.Tensor], problem: str, fix: str) -> None:
+    """Every tensor of ``module`` from ``weights`` and nothing else, or an error naming the first offenders."""
+    try:
+        result = module.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:                   # shapes: torch lists every mismatch, keep the first
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), str(exc))
+        raise ExperimentError(f"{problem} ({detail}); {fix}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise ExperimentError(f"{problem} (missing {result.missing_keys[:5]}, unexpected "
+                              f"{result.unexpected_keys[:5]}); {fix}")
+
+
 def student_from_s3prl(cfg: dict[str, Any], state: dict[str, torch.Tensor], source: Path) -> SSLEncoder:
     """nawsv's SSL encoder holding the s3prl WavLM of ``state`` (its ``frontend.upstream...`` tensors)."""
     config = backbones.prepare_config(hf_wavlm_config(cfg), 0.0, f"s3prl WavLM of {source}")
     backbone = backbones.new_model(config)
     weights = rename({k[len(UPSTREAM_PREFIX):]: v for k, v in state.items() if k.startswith(UPSTREAM_PREFIX)},
                      _UPSTREAM_RULES, "front-end")
-    result = backbone.load_state_dict(weights, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ExperimentError(f"{source}: the s3prl WavLM tensors do not fit its geometry (missing "
-                              f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}); pass the "
-                              f"right --upstream_ckpt")
+    load_exactly(backbone, weights, f"{source}: the s3prl WavLM tensors do not fit its geometry",
+                 "pass the --upstream_ckpt the model was built from")
     ssl_cfg = SSLConfig(adapter_dim=ADAPTER_DIM, zero_init_adapters=True, layerdrop=0.0,
                         waveform_norm=bool({**S3PRL_DEFAULTS, **cfg}["normalize"]), frame_convention="s3prl")
     adapters = attach_adapters(backbone.encoder.layers, config.hidden_size, ADAPTER_DIM, zero_init_up=True)
@@ -250,10 +259,8 @@ def import_wespeaker_s3prl(configs: dict[str, Any], state: dict[str, torch.Tenso
     backend = build_backend(BACKEND_NAME, **kwargs)
     weights = ecapa_state({k: v for k, v in state.items() if not k.startswith(("frontend.", "projection."))})
     weights["layer_sum.weights"] = layer_weights(s3prl_args, state.get(FEATURIZER_WEIGHTS), ssl.num_hidden_states)
-    result = backend.load_state_dict(weights, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ExperimentError(f"{source}: the speaker-model tensors do not fit {configs['model']} (missing "
-                              f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})")
+    load_exactly(backend, weights, f"{source}: the speaker-model tensors do not fit {configs['model']}",
+                 "check model and model_args in config.yaml")
     return ssl, backend, kwargs
 
 
