@@ -22,6 +22,7 @@ from nawsv.integrations.wespeaker.convert import wespeaker_to_nawsv
 from nawsv.models.speaker import load_speaker_model
 from nawsv.utils.errors import ConfigError, ExperimentError
 from tests.conftest import run_module
+from tests.wespeaker.weights import perturb
 
 TOLERANCE = 1e-5
 # Two tiny WavLMs with the conventions of the released Base+ (post-LN, GroupNorm CNN, raw waveform) and Large
@@ -46,22 +47,6 @@ def recipe_config(name: str, exp_dir: Path, upstream_args: dict, download_dir: P
     configs["dataset_args"]["s3prl_args"]["upstream_args"] = upstream_args
     configs["dataset_args"]["s3prl_args"]["download_dir"] = str(download_dir)
     return configs
-
-
-def perturb(model: torch.nn.Module, seed: int) -> None:
-    """Move every float tensor off its initial value, keeping its scale (BatchNorm variances in [0.5, 1.5])."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if not tensor.dtype.is_floating_point:
-                continue
-            noise = torch.randn(tensor.shape, generator=generator)
-            if name.endswith("running_var"):
-                tensor.copy_(0.5 + torch.rand(tensor.shape, generator=generator))
-            elif tensor.abs().max() == 0:
-                tensor.copy_(0.1 * noise)
-            else:
-                tensor.mul_(1 + 0.1 * noise)
 
 
 def build_wespeaker_model(configs: dict) -> torch.nn.Module:
