@@ -1,4 +1,4 @@
-"""WeSpeaker's own tools on a bridge experiment: extract.py and average_model.py with nawsv's modules registered.
+"""WeSpeaker's own extract.py and average_model.py with nawsv's modules registered, so they read bridge experiments.
 
 WeSpeaker's ``bin/extract.py`` builds the model from the experiment's ``config.yaml``; for a model trained with
 nawsv's modules (``nawsv_ssl``, ``NAWSV_ECAPA_TDNN``) its lookup fails unless :func:`register` ran in the same
@@ -21,7 +21,8 @@ import contextlib
 import sys
 from typing import Sequence
 
-TOOLS = {"extract": "wespeaker/bin/extract.py: embeddings to ark/scp (Kaldi format, kaldiio-readable)",
+TOOLS = {"extract": "wespeaker/bin/extract.py: embeddings to ark/scp (Kaldi format, kaldiio-readable); it reads\n"
+                    "           --config --model_path --data_type --data_list --embed_ark [--batch_size --num_workers]",
          "average": "wespeaker/bin/average_model.py: average the last --num checkpoints of --src_path"}
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -63,6 +64,8 @@ def run_extract(args: list[str], device: str) -> None:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("ERROR: --device cuda: this torch build sees no CUDA device; use --device cpu (or auto)")
     on_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if {"-h", "--help"} & set(args):
+        args = ["--", "--help"]                 # fire's own help of extract(); a bare --help would run it
     with cpu_devices(extract) if on_cpu else contextlib.nullcontext():
         fire.Fire(extract.extract, command=args, name="extract")
 
