@@ -141,6 +141,7 @@ def test_the_import_is_sensitive_to_every_convention(wespeaker_exp: dict, conver
             assert (broken(wav) - expected).abs().max().item() > 100 * TOLERANCE, name
 
 
+@pytest.mark.parametrize("wespeaker_exp", ["large"], indirect=True)   # the convention with the most options
 def test_wespeaker_extract_and_nawsv_stage5_agree_on_the_imported_model(wespeaker_exp: dict, converted: Path,
                                                                           train_data: dict) -> None:
     """WeSpeaker's own extract.py (through nawsv's tools entry, CPU shim) on the recipe experiment, and nawsv's
@@ -166,6 +167,7 @@ def test_wespeaker_extract_and_nawsv_stage5_agree_on_the_imported_model(wespeake
     assert difference <= TOLERANCE
 
 
+@pytest.mark.parametrize("wespeaker_exp", ["large"], indirect=True)   # the convention with the most options
 def test_released_geometry_is_used_when_no_checkpoint_is_found(wespeaker_exp: dict, tmp_path: Path) -> None:
     """The recipe's registered names (wavlm_large, ...) need no s3prl checkpoint: their released geometry is
     known. A tiny model under such a name does not fit it, and the error says how to fix it."""
@@ -182,6 +184,7 @@ def test_released_geometry_is_used_when_no_checkpoint_is_found(wespeaker_exp: di
     assert not (tmp_path / "x.pt").exists()
 
 
+@pytest.mark.parametrize("wespeaker_exp", ["large"], indirect=True)   # the convention with the most options
 def test_unsupported_models_are_refused_with_the_reason(wespeaker_exp: dict, tmp_path: Path) -> None:
     configs = copy.deepcopy(wespeaker_exp["configs"])
     configs["model"] = "ResNet34"
