@@ -9,6 +9,7 @@ mapped to the wrong place cannot go unnoticed. Its embeddings must equal the con
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import kaldiio
@@ -170,7 +171,8 @@ def test_wespeaker_extract_and_nawsv_stage5_agree_on_the_imported_model(wespeake
 @pytest.mark.parametrize("wespeaker_exp", ["large"], indirect=True)   # the convention with the most options
 def test_released_geometry_is_used_when_no_checkpoint_is_found(wespeaker_exp: dict, tmp_path: Path) -> None:
     """The recipe's registered names (wavlm_large, ...) need no s3prl checkpoint: their released geometry is
-    known. A tiny model under such a name does not fit it, and the error says how to fix it."""
+    known. A tiny model under such a name does not fit it, and the error says how to fix it: --upstream_ckpt, or
+    the checkpoint where s3prl downloads it (``<download_dir>/<sha256 of the URL>.<name>.pt``)."""
     configs = dict(wespeaker_exp["configs"])
     configs["dataset_args"] = copy.deepcopy(configs["dataset_args"])
     configs["dataset_args"]["s3prl_args"]["upstream_args"] = {"name": "wavlm_base_plus"}
@@ -178,10 +180,18 @@ def test_released_geometry_is_used_when_no_checkpoint_is_found(wespeaker_exp: di
     checkpoint = wespeaker_exp["exp"] / "models" / "avg_model.pt"
     with pytest.raises(ExperimentError, match="do not fit its geometry.*--upstream_ckpt"):
         wespeaker_to_nawsv(tmp_path / "config.yaml", checkpoint, tmp_path / "x.pt")
+    assert not (tmp_path / "x.pt").exists()
     out = wespeaker_to_nawsv(tmp_path / "config.yaml", checkpoint, tmp_path / "y.pt",
                              upstream_ckpt=wespeaker_exp["upstream"])
     assert load_speaker_model(out).ssl.num_hidden_states == TINY["encoder_layers"] + 1
-    assert not (tmp_path / "x.pt").exists()
+    hub = Path(configs["dataset_args"]["s3prl_args"]["download_dir"])     # where s3prl would have downloaded it
+    hub.mkdir(exist_ok=True)
+    shutil.copy(wespeaker_exp["upstream"], hub / "0123abcd.wavlm_base_plus.pt")
+    try:
+        out = wespeaker_to_nawsv(tmp_path / "config.yaml", checkpoint, tmp_path / "z.pt")
+    finally:
+        (hub / "0123abcd.wavlm_base_plus.pt").unlink()
+    assert load_speaker_model(out).ssl.num_hidden_states == TINY["encoder_layers"] + 1
 
 
 @pytest.mark.parametrize("wespeaker_exp", ["large"], indirect=True)   # the convention with the most options

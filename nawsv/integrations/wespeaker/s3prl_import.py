@@ -177,7 +177,11 @@ def upstream_cfg(s3prl_args: dict[str, Any], upstream_ckpt: str | Path | None) -
     name = str(upstream_args.get("name", ""))
     if not name.startswith("wavlm"):
         raise ConfigError(f"s3prl_args.upstream_args.name {name!r}: only WavLM upstreams (wavlm_*) are imported")
-    candidates = [Path(upstream_ckpt)] if upstream_ckpt else []
+    if upstream_ckpt:
+        if not Path(upstream_ckpt).is_file():
+            raise ExperimentError(f"--upstream_ckpt {upstream_ckpt} does not exist")
+        return read_upstream_cfg(Path(upstream_ckpt))
+    candidates = []
     if upstream_args.get("path_or_url") and "://" not in str(upstream_args["path_or_url"]):
         candidates.append(Path(upstream_args["path_or_url"]))
     download_dir = Path(s3prl_args.get("download_dir") or "./s3prl_hub")
@@ -185,8 +189,6 @@ def upstream_cfg(s3prl_args: dict[str, Any], upstream_ckpt: str | Path | None) -
     for path in candidates:
         if path.is_file():
             return read_upstream_cfg(path)
-    if upstream_ckpt:
-        raise ExperimentError(f"--upstream_ckpt {upstream_ckpt} does not exist")
     if name in RELEASED_GEOMETRY:
         log.info("s3prl upstream %s: no checkpoint found (looked in %s); using the released geometry", name,
                  download_dir)
@@ -244,8 +246,6 @@ def import_wespeaker_s3prl(configs: dict[str, Any], state: dict[str, torch.Tenso
         raise ConfigError(f"model {configs.get('model')!r}: the import covers {sorted(ECAPA_MODELS)}")
     if model_args.get("pooling_func", "ASTP") != "ASTP":
         raise ConfigError(f"model_args.pooling_func {model_args['pooling_func']!r}: the import covers ASTP")
-    if dataset_args.get("spec_aug", False):
-        log.info("dataset_args.spec_aug is a training-time augmentation; WeSpeaker's extract.py switches it off too")
     ssl = student_from_s3prl(upstream_cfg(s3prl_args, upstream_ckpt), state, source)
     channels, global_context = ECAPA_MODELS[configs["model"]]
     cmvn = bool(dataset_args.get("cmvn", True))
