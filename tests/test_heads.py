@@ -99,10 +99,11 @@ def test_attentive_pooling_floors_the_variance():
 
 
 def test_backend_registry():
-    assert set(BACKENDS) == {"ecapa_tdnn_small", "warmup_head"}
+    assert set(BACKENDS) == {"ecapa_tdnn_small", "ecapa_tdnn_wespeaker", "warmup_head"}
     head = build_backend("warmup_head", num_hidden_states=4, hidden_size=8, embed_dim=6)
     assert isinstance(head, WarmupHead)
-    with pytest.raises(ValueError, match=r"unknown backend 'ecapa'; choose from \['ecapa_tdnn_small', 'warmup_head'\]"):
+    with pytest.raises(ValueError, match=r"unknown backend 'ecapa'; choose from \['ecapa_tdnn_small', "
+                                        r"'ecapa_tdnn_wespeaker', 'warmup_head'\]"):
         build_backend("ecapa")
 
 

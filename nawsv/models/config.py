@@ -69,6 +69,13 @@ INIT_MODES = {"full": "complete copy of the pre-trained model",
 FRAME_STRIDE = 320            # samples per SSL frame (20 ms at 16 kHz)
 RECEPTIVE_FIELD = 400         # samples seen by the first frame
 
+# How W samples become frames. "hf": the CNN's own count (num_frames below), as Hugging Face and nawsv's training.
+# "s3prl": what s3prl's S3PRLUpstream (WeSpeaker's s3prl front-end) hands on: inputs shorter than 800 samples are
+# zero-padded to 800, and the states are cut or padded by repeating the last frame to ceil(W / 320) frames. Only
+# models imported from WeSpeaker use it: their back-end was trained on those frames.
+FRAME_CONVENTIONS = {"hf": "the CNN's frames", "s3prl": "ceil(W / 320) frames, last one repeated (S3PRLUpstream)"}
+S3PRL_MIN_SAMPLES = 800
+
 
 def num_frames(num_samples: int) -> int:
     """Frames the SSL CNN produces for ``num_samples`` samples (149 for 3 s, 299 for 6 s)."""
@@ -95,6 +102,8 @@ class SSLConfig:
     mask_feature_min_masks: int = 0
     layerdrop: float | None = None            # None: the checkpoint's (preset's) value, 0.05 for Base+; 0 disables
     init: Literal["full", "released_partial"] = "full"   # released_partial: the released code's student (spec 2.5)
+    waveform_norm: bool = False               # LayerNorm over each waveform first (s3prl WavLM Large's "normalize")
+    frame_convention: Literal["hf", "s3prl"] = "hf"      # see FRAME_CONVENTIONS; s3prl only for imported models
 
     def __post_init__(self) -> None:
         if self.pretrained is not None and not self.pretrained.strip():
@@ -105,6 +114,9 @@ class SSLConfig:
             raise ValueError(f"layerdrop must lie in [0, 1) or be null (the checkpoint's value), got {self.layerdrop}")
         if self.init not in INIT_MODES:
             raise ValueError(f"init must be one of {list(INIT_MODES)}, got {self.init!r}")
+        if self.frame_convention not in FRAME_CONVENTIONS:
+            raise ValueError(f"frame_convention must be one of {list(FRAME_CONVENTIONS)}, "
+                             f"got {self.frame_convention!r}")
         if self.adapter_dim < 1:
             raise ValueError(f"adapter_dim must be >= 1, got {self.adapter_dim}")
         for name in ("mask_time_prob", "mask_feature_prob"):

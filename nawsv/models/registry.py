@@ -6,10 +6,12 @@ from typing import Any
 from torch import nn
 
 from nawsv.models.ecapa import EcapaTdnn
+from nawsv.models.ecapa_wespeaker import WeSpeakerEcapaTdnn
 from nawsv.models.heads import WarmupHead
 
 BACKENDS: dict[str, type[nn.Module]] = {
     "ecapa_tdnn_small": EcapaTdnn,
+    "ecapa_tdnn_wespeaker": WeSpeakerEcapaTdnn,       # models imported from WeSpeaker's SSL recipe
     "warmup_head": WarmupHead,
 }
 

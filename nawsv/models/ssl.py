@@ -31,7 +31,7 @@ from torch import nn
 
 from nawsv.models import backbones
 from nawsv.models.adapter import attach_adapters
-from nawsv.models.config import SSLConfig, resolve_preset
+from nawsv.models.config import FRAME_STRIDE, S3PRL_MIN_SAMPLES, SSLConfig, resolve_preset
 from nawsv.models.masking import apply_spec_masks
 from nawsv.utils.atomic import atomic_open
 from nawsv.utils.errors import ConfigError, ExperimentError
@@ -120,6 +120,11 @@ class SSLEncoder(nn.Module):
         return any(param.requires_grad for param in self.backbone.feature_extractor.parameters())
 
     def _hidden_states(self, wav: torch.Tensor, mask: bool, generator: torch.Generator | None) -> torch.Tensor:
+        num_samples = wav.shape[1]
+        if self.cfg.frame_convention == "s3prl" and num_samples < S3PRL_MIN_SAMPLES:
+            wav = nn.functional.pad(wav, (0, S3PRL_MIN_SAMPLES - num_samples))
+        if self.cfg.waveform_norm:
+            wav = nn.functional.layer_norm(wav, wav.shape[1:])
         with contextlib.nullcontext() if self.cnn_trainable() else torch.no_grad():
             features = self.backbone.feature_extractor(wav).transpose(1, 2)
         hidden = backbones.project_features(self.backbone, features)
@@ -137,7 +142,8 @@ class SSLEncoder(nn.Module):
         for index in range(1, self.num_hidden_states):
             states.append(recorded.get(index, states[-1]))       # a dropped layer repeats the previous state
         states[-1] = output[0] if isinstance(output, tuple) else output.last_hidden_state
-        return torch.stack(states, dim=1)
+        stacked = torch.stack(states, dim=1)
+        return _s3prl_frames(stacked, num_samples) if self.cfg.frame_convention == "s3prl" else stacked
 
     def _record_encoder_input(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         if self._recorded is not None:
@@ -146,6 +152,15 @@ class SSLEncoder(nn.Module):
     def _record_layer_output(self, module: nn.Module, args: tuple, output: Any) -> None:
         if self._recorded is not None:
             self._recorded[self._layer_index[id(module)] + 1] = output[0] if isinstance(output, tuple) else output
+
+
+def _s3prl_frames(states: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """[B, L+1, T', H] cut, or padded with copies of the last frame, to ceil(W / 320) frames (S3PRLUpstream)."""
+    target = -(-num_samples // FRAME_STRIDE)
+    frames = states.shape[2]
+    if frames >= target:
+        return states[:, :, :target]
+    return torch.cat([states, states[:, :, -1:].expand(-1, -1, target - frames, -1)], dim=2)
 
 
 def _rename_legacy_keys(state_dict: dict, prefix: str, *args: Any) -> None:
