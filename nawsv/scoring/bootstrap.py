@@ -31,7 +31,7 @@ from nawsv.utils.errors import DataError
 from nawsv.utils.seeding import stable_seed
 
 Unit = Literal["speaker", "utterance"]
-MAX_CHUNK_ELEMENTS = 1 << 24        # unit weights per chunk of resamples (float64: 128 MB)
+MAX_CHUNK_ELEMENTS = 1 << 22        # unit weights per chunk of resamples (float32: 16 MB)
 CACHED_DRAWS = 1 << 28              # draws kept in memory (one byte each) for the next cell of the same list
 
 
@@ -211,17 +211,34 @@ class _Sweep:
         self.matrix = sparse.csr_matrix((np.ones(row_of_trial.size), (row_of_trial, cols_side)),
                                         shape=(keys.size, width))
         self.matrix.sum_duplicates()
+        self.max_row_sum = float(np.asarray(self.matrix.sum(axis=1)).max(initial=0.0))
+        self.matrix32, self.per_class32 = self.matrix.astype(np.float32), self.per_class.astype(np.float32)
 
     def boundary_counts(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Accepted target and non-target weight at every segment bound, ``[bounds, resamples]`` each, for unit
-        weights ``[units + 1, resamples]`` (float64 holding integers: exact)."""
-        sums = np.empty((self.per_class.shape[0], weights.shape[1]))
-        for start in range(0, weights.shape[1], CLASS_SUM_COLUMNS):
-            part = weights[:, start:start + CLASS_SUM_COLUMNS]
-            sums[:, start:start + part.shape[1]] = self.per_class @ ((self.matrix @ part) * part[self.row_unit])
+        weights ``[units + 1, resamples]`` (float32 holding integers).
+
+        Sums of non-negative integers are exact in float32 while they stay below 2**24 (a rounded partial sum
+        would already be >= 2**24, and sums never decrease), so float32 results are kept when every product is
+        bounded below 2**24 and every class total came out below it, and recomputed in float64 otherwise.
+        """
+        sums = None
+        if self.max_row_sum * float(weights.max(initial=0.0)) ** 2 < 2.0**24:
+            sums = self._class_sums(weights, self.matrix32, self.per_class32)
+        if sums is None or sums.max(initial=0.0) >= 2.0**24:
+            sums = self._class_sums(weights.astype(np.float64), self.matrix, self.per_class)
+        sums = sums.astype(np.float64)
         zero = np.zeros((1, weights.shape[1]))
         return (np.concatenate((zero, np.cumsum(sums[1::2], axis=0))),
                 np.concatenate((zero, np.cumsum(sums[0::2], axis=0))))
+
+    def _class_sums(self, weights: np.ndarray, matrix: sparse.csr_matrix,
+                    per_class: sparse.csr_matrix) -> np.ndarray:
+        sums = np.empty((per_class.shape[0], weights.shape[1]), dtype=weights.dtype)
+        for start in range(0, weights.shape[1], CLASS_SUM_COLUMNS):
+            part = np.ascontiguousarray(weights[:, start:start + CLASS_SUM_COLUMNS])
+            sums[:, start:start + part.shape[1]] = per_class @ ((matrix @ part) * part[self.row_unit])
+        return sums
 
     def segment_counts(self, weights: np.ndarray, columns: np.ndarray, segment: int, base_tar: np.ndarray,
                        base_non: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -379,8 +396,9 @@ def bootstrap_metrics(scores: np.ndarray | Sequence[float], labels: np.ndarray |
     chunk = max(1, min(draws.resamples, MAX_CHUNK_ELEMENTS // (draws.num_units + 1)))
     for start in range(0, draws.resamples, chunk):
         stop = min(start + chunk, draws.resamples)
-        weights = np.ones((draws.num_units + 1, stop - start))
+        weights = np.empty((draws.num_units + 1, stop - start), dtype=np.float32)
         weights[:-1] = draws.rows(start, stop).T
+        weights[-1] = 1.0
         part_eer, part_dcf, valid = _resample_metrics(sweep, weights, p_targets, c_miss, c_fa, eer_method)
         dropped += int((~valid).sum())
         eer_draws[start:stop] = part_eer
