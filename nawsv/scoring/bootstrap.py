@@ -32,6 +32,8 @@ from nawsv.utils.seeding import stable_seed
 
 Unit = Literal["speaker", "utterance"]
 MAX_CHUNK_ELEMENTS = 1 << 22        # unit weights per chunk of resamples (float32: 16 MB)
+WARN_DROPPED_FRACTION = 0.01       # results.md warns when more resamples than this are dropped ...
+MIN_KEPT_FRACTION = 0.9            # ... and shows no interval when fewer than this remain
 CACHED_DRAWS = 1 << 28              # draws kept in memory (one byte each) for the next cell of the same list
 
 
@@ -126,10 +128,23 @@ class Replicates:
         return self.eer if metric == "eer" else self.min_dcf[_dcf_key(self.min_dcf, metric)]
 
     def intervals(self, confidence: float) -> dict[str, tuple[float, float]]:
-        """``{"eer": (low, high), "mindcf_<p>": ...}`` (fractions), as results rows keep them."""
+        """``{"eer": (low, high), "mindcf_<p>": ...}`` (fractions), as results rows keep them; empty when too
+        many resamples were dropped (:func:`percentile_interval`)."""
         out = {"eer": percentile_interval(self.eer_draws, confidence)}
         out.update({f"mindcf_{p:g}": percentile_interval(d, confidence) for p, d in self.min_dcf_draws.items()})
-        return out
+        return {metric: bounds for metric, bounds in out.items() if not np.isnan(bounds[0])}
+
+
+def dropped_note(trials: str, dropped: int, resamples: int) -> str | None:
+    """The results.md warning for a trial list whose resamples were dropped (None when at most 1 % were)."""
+    if dropped <= WARN_DROPPED_FRACTION * resamples:
+        return None
+    what = (f"trial list {trials}: {dropped} of {resamples} bootstrap resamples ({100 * dropped / resamples:.1f} %) "
+            f"drew no target or no non-target trial and were dropped")
+    if resamples - dropped < MIN_KEPT_FRACTION * resamples:          # as percentile_interval decides
+        return (f"**No intervals:** {what}; fewer than {100 * MIN_KEPT_FRACTION:g} % remain, so its values have no "
+                f"interval (too few speakers hold its target trials; use bootstrap.unit=utterance or a larger list)")
+    return f"**Warning:** {what}; its intervals are over the remaining {resamples - dropped}"
 
 
 def _dcf_key(table: Mapping[float, object], metric: str) -> float:
@@ -408,9 +423,11 @@ def bootstrap_metrics(scores: np.ndarray | Sequence[float], labels: np.ndarray |
 
 
 def percentile_interval(draws: np.ndarray, confidence: float) -> tuple[float, float]:
-    """The central ``confidence`` percentile interval of the valid (non-NaN) draws."""
+    """The central ``confidence`` percentile interval of the valid (non-NaN) draws; NaN when fewer than
+    MIN_KEPT_FRACTION of the draws are valid (the rest drew no target or no non-target trial, and what remains
+    is a sample conditioned on that: too biased to report)."""
     valid = draws[np.isfinite(draws)]
-    if valid.size == 0:
+    if valid.size == 0 or valid.size < MIN_KEPT_FRACTION * draws.size:
         return float("nan"), float("nan")
     tail = 100.0 * (1.0 - confidence) / 2.0
     low, high = np.percentile(valid, [tail, 100.0 - tail])
