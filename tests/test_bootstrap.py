@@ -235,3 +235,28 @@ def test_dropped_share_sets_warning_and_interval_thresholds() -> None:
     assert percentile_interval(draws, 0.9) == pytest.approx((100 + 0.05 * 899, 100 + 0.95 * 899))
     draws[100] = np.nan
     assert all(math.isnan(bound) for bound in percentile_interval(draws, 0.9))
+
+
+def test_stage_6_reports_dropped_resamples_and_leaves_out_the_intervals(tmp_path) -> None:
+    """A trial list whose targets all belong to one of 6 speakers: about a third of the resamples miss it."""
+    from nawsv.bin.score import main as score_main
+    from nawsv.data.kaldi import Trial, read_trials, write_trials
+    from nawsv.scoring.results import read_results_tsv
+    from nawsv.utils.cli import run_main
+    from tests.test_score_stage import TEST_SET, make_experiment, score_args
+
+    exp, data = make_experiment(tmp_path, seed=1)
+    path = data / TEST_SET / "trials" / "tiny_O"
+    trials = read_trials(path)
+    keys = sorted({key for trial in trials for key in (trial.enrol, trial.test)})
+    first = [key for key in keys if key.startswith(keys[0].split("/")[0] + "/")]
+    targets = [Trial(a, b, True) for i, a in enumerate(first) for b in first[i + 1:]]
+    write_trials(path, targets + [trial for trial in trials if not trial.target])
+    assert run_main(score_main, score_args(exp, data, "--override", "bootstrap.resamples=100",
+                                           "--override", "methods=[cosine]")) == 0
+    rows = read_results_tsv(exp / "results.tsv")
+    dropped = rows[0].resamples_dropped
+    assert 10 < dropped < 100 and all(row.resamples_dropped == dropped and not row.intervals for row in rows)
+    md = (exp / "results.md").read_text()
+    assert f"**No intervals:** trial list tiny_O: {dropped} of 100 bootstrap resamples" in md
+    assert not [line for line in md.splitlines() if line.startswith("|") and "[" in line]
