@@ -157,7 +157,7 @@ def _dcf_key(table: Mapping[float, object], metric: str) -> float:
 MAX_BLOCK_ELEMENTS = 1 << 22        # float64 values per working array (32 MB)
 CLASS_SUM_COLUMNS = 32              # resamples per sparse product (unit weights stay in cache)
 SEGMENT_BASE = 32                   # trials next to a point optimum in its first segments
-SEGMENT_GROWTH = 1.5                # each further segment is this much longer
+SEGMENT_GROWTH = 1.25               # each further segment is this much longer
 
 
 class _Sweep:
