@@ -55,12 +55,15 @@ def brute_force_weighted(scores: np.ndarray, labels: np.ndarray, weights: np.nda
 
 
 @pytest.mark.parametrize("unit", ["speaker", "utterance"])
-@pytest.mark.parametrize("ties, segment_base", [(False, 32), (True, 32), (True, 2), (False, 1)])
+@pytest.mark.parametrize("ties, segment_base, by_trial", [(False, 32, 0.25), (True, 32, 0.25), (True, 2, 0.0),
+                                                          (False, 1, np.inf)])
 def test_each_resample_equals_a_brute_force_weighted_sweep(unit: str, ties: bool, segment_base: int,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                                           by_trial: float, monkeypatch: pytest.MonkeyPatch) -> None:
     """Draw for draw and bit for bit, with odd costs and P_target up to 0.5; small segments make most resamples
-    search several of them (the bounds that skip segments are what is tested)."""
+    search several of them (the bounds that skip segments are what is tested), and both ways of summing
+    weights per segment (sparse product, trial by trial) are used for both units."""
     monkeypatch.setattr(bootstrap, "SEGMENT_BASE", segment_base)
+    monkeypatch.setattr(bootstrap, "BY_TRIAL_SHARE", by_trial)
     rng = np.random.default_rng(7 + segment_base)
     pairs, labels, utt2spk = speaker_trials(rng, speakers=9, utts=5, nontargets=500)
     scores = rng.normal(size=labels.size) + 1.2 * labels

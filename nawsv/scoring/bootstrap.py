@@ -156,6 +156,7 @@ def _dcf_key(table: Mapping[float, object], metric: str) -> float:
 
 MAX_BLOCK_ELEMENTS = 1 << 22        # float64 values per working array (32 MB)
 CLASS_SUM_COLUMNS = 32              # resamples per sparse product (unit weights stay in cache)
+BY_TRIAL_SHARE = 0.25               # class sums trial by trial when distinct pairs exceed this share of trials
 SEGMENT_BASE = 32                   # trials next to a point optimum in its first segments
 SEGMENT_GROWTH = 1.25               # each further segment is this much longer
 
@@ -205,24 +206,33 @@ class _Sweep:
         return np.unique(np.concatenate(([0, self.cuts.size - 1], positions, anchors)))
 
     def _class_matrix(self) -> None:
-        """A sparse product that sums trial weights per class (segment, label) for many resamples at once.
+        """How trial weights are summed per class (segment, label) for many resamples at once.
 
-        Rows are the distinct (class, unit on one side) pairs and columns the unit on the other side, so
-        ``(matrix @ weights) * weights[row unit]`` summed per class gives every class total. The side with
-        fewer distinct pairs is the row side (speaker targets, whose other side is the unit of weight 1, give
-        one row per class).
+        Speaker units: a sparse product. Rows are the distinct (class, unit on one side) pairs and columns the
+        unit on the other side, so ``(matrix @ weights) * weights[row unit]`` summed per class gives every class
+        total, at a cost set by the distinct pairs, not the trials (speaker targets, whose other side is the unit
+        of weight 1, give one row per class). Utterance units, where hardly a pair repeats, multiply the two
+        sides' weights trial by trial instead (one byte per weight, trials grouped by class).
         """
         segment = np.searchsorted(self.cuts[self.bounds], np.arange(self.labels.size), side="right") - 1
         trial_class = 2 * segment + self.labels
         width = self.num_units + 1
+        self.num_classes = 2 * (self.bounds.size - 1)
         choices = []
         for rows_side, cols_side in ((self.enrol, self.test), (self.test, self.enrol)):
             keys, row_of_trial = np.unique(trial_class * width + rows_side, return_inverse=True)
             choices.append((keys.size, keys, row_of_trial, cols_side))
         _, keys, row_of_trial, cols_side = min(choices, key=lambda choice: choice[0])
+        self.by_trial = keys.size > BY_TRIAL_SHARE * self.labels.size
+        if self.by_trial:
+            order = np.argsort(trial_class, kind="stable")
+            self.class_enrol, self.class_test = self.enrol[order], self.test[order]
+            classes, starts = np.unique(trial_class[order], return_index=True)
+            self.class_slices = list(zip(classes.tolist(), starts.tolist(), np.append(starts[1:], order.size).tolist()))
+            return
         self.row_unit = keys % width
         self.per_class = sparse.csr_matrix((np.ones(keys.size), (keys // width, np.arange(keys.size))),
-                                           shape=(2 * (self.bounds.size - 1), keys.size))
+                                           shape=(self.num_classes, keys.size))
         self.matrix = sparse.csr_matrix((np.ones(row_of_trial.size), (row_of_trial, cols_side)),
                                         shape=(keys.size, width))
         self.matrix.sum_duplicates()
@@ -237,22 +247,41 @@ class _Sweep:
         would already be >= 2**24, and sums never decrease), so float32 results are kept when every product is
         bounded below 2**24 and every class total came out below it, and recomputed in float64 otherwise.
         """
+        top = float(weights.max(initial=0.0))
         sums = None
-        if self.max_row_sum * float(weights.max(initial=0.0)) ** 2 < 2.0**24:
-            sums = self._class_sums(weights, self.matrix32, self.per_class32)
-        if sums is None or sums.max(initial=0.0) >= 2.0**24:
-            sums = self._class_sums(weights.astype(np.float64), self.matrix, self.per_class)
+        if self.by_trial:
+            sums = self._sums_by_trial(weights, np.float32)
+            if sums.max(initial=0.0) >= 2.0**24:
+                sums = self._sums_by_trial(weights, np.float64)
+        else:
+            if self.max_row_sum * top**2 < 2.0**24:
+                sums = self._sparse_sums(weights, self.matrix32, self.per_class32)
+            if sums is None or sums.max(initial=0.0) >= 2.0**24:
+                sums = self._sparse_sums(weights.astype(np.float64), self.matrix, self.per_class)
         sums = sums.astype(np.float64)
         zero = np.zeros((1, weights.shape[1]))
         return (np.concatenate((zero, np.cumsum(sums[1::2], axis=0))),
                 np.concatenate((zero, np.cumsum(sums[0::2], axis=0))))
 
-    def _class_sums(self, weights: np.ndarray, matrix: sparse.csr_matrix,
-                    per_class: sparse.csr_matrix) -> np.ndarray:
+    def _sparse_sums(self, weights: np.ndarray, matrix: sparse.csr_matrix,
+                     per_class: sparse.csr_matrix) -> np.ndarray:
         sums = np.empty((per_class.shape[0], weights.shape[1]), dtype=weights.dtype)
         for start in range(0, weights.shape[1], CLASS_SUM_COLUMNS):
             part = np.ascontiguousarray(weights[:, start:start + CLASS_SUM_COLUMNS])
             sums[:, start:start + part.shape[1]] = per_class @ ((matrix @ part) * part[self.row_unit])
+        return sums
+
+    def _sums_by_trial(self, weights: np.ndarray, dtype: type) -> np.ndarray:
+        columns = weights.shape[1]
+        if weights.max(initial=0.0) < 256:       # gather whole rows of one-byte weights: far less memory traffic
+            table = np.ascontiguousarray(weights, dtype=np.uint8).view(np.dtype((np.void, columns))).reshape(-1)
+            products = table[self.class_enrol].view(np.uint8).reshape(-1, columns).astype(dtype)
+            products *= table[self.class_test].view(np.uint8).reshape(-1, columns)
+        else:
+            products = weights[self.class_enrol].astype(dtype) * weights[self.class_test]
+        sums = np.zeros((self.num_classes, columns), dtype=dtype)
+        for trial_class, start, stop in self.class_slices:
+            sums[trial_class] = products[start:stop].sum(axis=0)
         return sums
 
     def segment_counts(self, weights: np.ndarray, columns: np.ndarray, segment: int, base_tar: np.ndarray,
