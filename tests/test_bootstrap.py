@@ -263,3 +263,20 @@ def test_stage_6_reports_dropped_resamples_and_leaves_out_the_intervals(tmp_path
     md = (exp / "results.md").read_text()
     assert f"**No intervals:** trial list tiny_O: {dropped} of 100 bootstrap resamples" in md
     assert not [line for line in md.splitlines() if line.startswith("|") and "[" in line]
+
+
+@pytest.mark.parametrize("unit", ["speaker", "utterance"])
+def test_a_generic_statistic_sees_the_weights_of_each_resample(unit: str) -> None:
+    rng = np.random.default_rng(9)
+    pairs, labels, utt2spk = speaker_trials(rng, speakers=5, utts=4, nontargets=60)
+    scores = rng.normal(size=labels.size) + labels
+    units = trial_units(pairs, unit, utt2spk)
+    draws = Draws(len(units.names), 50, seed=3)
+    values, dropped = bootstrap.resample_statistic(lambda w: (w * scores).sum(axis=1) / w.sum(axis=1), labels,
+                                                   units, draws)
+    reference = bootstrap_metrics(scores, labels, units, draws)
+    assert dropped == reference.dropped and np.array_equal(np.isnan(values), np.isnan(reference.eer_draws))
+    counts = draws.rows(0, 50)
+    for r in np.flatnonzero(~np.isnan(values)):
+        weights = unit_weights(units, counts[r])
+        assert values[r] == pytest.approx(np.repeat(scores, weights).mean(), rel=1e-12)

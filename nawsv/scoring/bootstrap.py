@@ -9,18 +9,26 @@ replacement and give each trial the weight it has in the resampled population:
   speaker s ``m_s`` times (once inside each copy of s; two copies of one speaker are not a target pair that
   exists in the list).
 
-Weighted error rates then come from cumulative sums of integer weights over scores sorted once, so a
-resample costs a few vector passes and no re-sort. The draws depend only on (seed, trial list, units), so
-every condition, method and experiment scored on the same list shares them: a paired difference of two
-systems uses the same populations for both, and a system compared with itself differs by exactly 0.
+A resample is not swept over every trial. The scores are sorted once and cut into segments of consecutive
+thresholds (short next to the point estimate's EER and minDCF thresholds, growing away from them); the
+weighted target and non-target counts at every segment bound come, for all resamples at once, from a sparse
+product of per-unit pair counts (speaker units) or one multiply per trial (utterance units), see
+:meth:`_Sweep.boundary_counts`. The EER lies in the one segment where FNR - FPR changes sign, and a
+segment can hold the minDCF only if its cost floor does not exceed the best cost found; only those segments are
+swept trial by trial. The draws depend only on (seed, trial list, units), so every condition, method and
+experiment scored on the same list shares them: a paired difference of two systems uses the same populations
+for both, and a system compared with itself differs by exactly 0.
 
-Error rates follow :mod:`nawsv.scoring.metrics` exactly (same sweep, tie and argmin rules); with all weights
-1 the result equals :func:`nawsv.scoring.metrics.compute_metrics`.
+Every resample's EER (``sweep`` or ``roc_interp``) and minDCF are exactly those of
+:func:`nawsv.scoring.metrics.compute_metrics` on the trial list replicated by its weights (the same float64
+formulas on exact integer counts, the same tie and argmin rules). A resample without a target or without a
+non-target trial has no value (NaN) and is counted in :attr:`Replicates.dropped`. Statistics that have no such
+sweep (e.g. calibration costs) can use :func:`resample_statistic`, which hands them every trial's weight.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Literal, Mapping, Sequence
+from typing import Callable, Iterator, Literal, Mapping, Sequence
 
 import numpy as np
 from scipy import sparse
@@ -449,6 +457,33 @@ def bootstrap_metrics(scores: np.ndarray | Sequence[float], labels: np.ndarray |
         for p in dcf_draws:
             dcf_draws[p][start:stop] = part_dcf[p]
     return Replicates(point.eer, dict(point.min_dcf), eer_draws, dcf_draws, dropped)
+
+
+def trial_weights(units: TrialUnits, counts: np.ndarray) -> np.ndarray:
+    """int64 ``[resamples, trials]``: how often each trial appears in each resample, for unit counts
+    ``[resamples, units]`` as :meth:`Draws.rows` gives them."""
+    counts = np.hstack([counts, np.ones((counts.shape[0], 1), dtype=counts.dtype)]).astype(np.int64)
+    return counts[:, units.enrol] * counts[:, np.where(units.test < 0, len(units.names), units.test)]
+
+
+def resample_statistic(statistic: Callable[[np.ndarray], np.ndarray], labels: np.ndarray | Sequence[bool],
+                       units: TrialUnits, draws: Draws) -> tuple[np.ndarray, int]:
+    """Any statistic of weighted trials on every resample, for metrics without a threshold sweep.
+
+    ``statistic(weights)`` gets the int64 trial weights of a chunk of resamples (``[chunk, trials]``, see
+    :func:`trial_weights`) and returns one value per row. Returns the values (NaN where a resample holds no
+    target or no non-target trial) and the number of such dropped resamples, as :func:`bootstrap_metrics`.
+    """
+    labels = np.asarray(labels, dtype=bool)
+    values = np.full(draws.resamples, np.nan)
+    chunk = max(1, min(draws.resamples, MAX_CHUNK_ELEMENTS // max(labels.size, 1)))
+    for start in range(0, draws.resamples, chunk):
+        stop = min(start + chunk, draws.resamples)
+        weights = trial_weights(units, draws.rows(start, stop))
+        valid = (weights[:, labels].sum(axis=1) > 0) & (weights[:, ~labels].sum(axis=1) > 0)
+        if valid.any():
+            values[start:stop][valid] = np.asarray(statistic(weights[valid]), dtype=np.float64)
+    return values, int(np.isnan(values).sum())
 
 
 def percentile_interval(draws: np.ndarray, confidence: float) -> tuple[float, float]:
