@@ -40,9 +40,14 @@ from nawsv.utils.seeding import stable_seed
 
 Unit = Literal["speaker", "utterance"]
 MAX_CHUNK_ELEMENTS = 1 << 22        # unit weights per chunk of resamples (float32: 16 MB)
-WARN_DROPPED_FRACTION = 0.01       # results.md warns when more resamples than this are dropped ...
-MIN_KEPT_FRACTION = 0.9            # ... and shows no interval when fewer than this remain
+WARN_DROPPED_FRACTION = 0.01        # results.md warns when more resamples than this are dropped ...
+MIN_KEPT_FRACTION = 0.9             # ... and shows no interval when fewer than this remain
 CACHED_DRAWS = 1 << 28              # draws kept in memory (one byte each) for the next cell of the same list
+MAX_BLOCK_ELEMENTS = 1 << 22        # values per working array of a swept segment
+CLASS_SUM_COLUMNS = 32              # resamples per sparse product (unit weights stay in cache)
+BY_TRIAL_SHARE = 0.25               # class sums trial by trial when distinct pairs exceed this share of trials
+SEGMENT_BASE = 32                   # trials next to a point optimum in its first segments
+SEGMENT_GROWTH = 1.25               # each further segment is this much longer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,13 +165,6 @@ def _dcf_key(table: Mapping[float, object], metric: str) -> float:
         if metric == f"mindcf_{p:g}":
             return p
     raise KeyError(f"unknown metric {metric!r}; have eer, {', '.join(f'mindcf_{p:g}' for p in table)}")
-
-
-MAX_BLOCK_ELEMENTS = 1 << 22        # float64 values per working array (32 MB)
-CLASS_SUM_COLUMNS = 32              # resamples per sparse product (unit weights stay in cache)
-BY_TRIAL_SHARE = 0.25               # class sums trial by trial when distinct pairs exceed this share of trials
-SEGMENT_BASE = 32                   # trials next to a point optimum in its first segments
-SEGMENT_GROWTH = 1.25               # each further segment is this much longer
 
 
 class _Sweep:
