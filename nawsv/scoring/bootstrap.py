@@ -34,7 +34,7 @@ import numpy as np
 from scipy import sparse
 
 from nawsv.scoring.config import BootstrapConfig
-from nawsv.scoring.metrics import _validated, compute_metrics
+from nawsv.scoring.metrics import _validated, sorted_sweep, sweep_metrics
 from nawsv.utils.errors import DataError
 from nawsv.utils.seeding import stable_seed
 
@@ -186,6 +186,7 @@ class _Sweep:
         self.test = np.where(units.test < 0, self.num_units, units.test)[order]    # the extra unit of weight 1
         ends = np.flatnonzero(np.append(ordered[1:] != ordered[:-1], True))
         self.cuts = np.concatenate(([0], ends + 1))
+        self.point = sorted_sweep(ordered, self.labels)          # the unweighted sweep: the point estimates
         self.targets = _LabelTrials.of(self.labels, self.enrol, self.test, self.num_units)
         self.nontargets = _LabelTrials.of(~self.labels, self.enrol, self.test, self.num_units)
         self.bounds = self._segment_bounds(self._point_optima(p_targets, c_miss, c_fa))
@@ -193,9 +194,7 @@ class _Sweep:
 
     def _point_optima(self, p_targets: Sequence[float], c_miss: float, c_fa: float) -> list[int]:
         """Sweep positions of the unweighted EER crossing and minDCF minima (where resamples concentrate)."""
-        tar = np.concatenate(([0], np.cumsum(self.labels)[self.cuts[1:] - 1]))
-        non = self.cuts - tar
-        fnr, fpr = 1.0 - tar / tar[-1], non / non[-1]
+        fnr, fpr = self.point.fnr, self.point.fpr
         anchors = [int(np.argmax(fnr - fpr <= 0.0))]
         anchors += [int(np.argmin(c_miss * p * fnr + c_fa * (1.0 - p) * fpr)) for p in p_targets]
         return anchors
@@ -430,16 +429,17 @@ def _resample_metrics(sweep: _Sweep, weights: np.ndarray, p_targets: Sequence[fl
 def bootstrap_metrics(scores: np.ndarray | Sequence[float], labels: np.ndarray | Sequence[bool], units: TrialUnits,
                       draws: Draws, p_targets: Sequence[float] = (0.01, 0.05), c_miss: float = 1.0,
                       c_fa: float = 1.0, source: str = "scores", eer_method: str = "sweep") -> Replicates:
-    """EER (``eer_method``, as :func:`compute_metrics`) and minDCF of the trials and of every resample in
-    ``draws``; each resample's values equal those of :func:`compute_metrics` on the trial list replicated by its
+    """EER (``eer_method``, as :func:`~nawsv.scoring.metrics.compute_metrics`) and minDCF of the trials and of every resample in
+    ``draws``; each resample's values equal those of :func:`~nawsv.scoring.metrics.compute_metrics` on the trial list replicated by its
     weights."""
     scores, labels = _validated(scores, labels, source)
     if units.enrol.shape != scores.shape:
         raise DataError(f"{source}: {scores.size} scores but {units.enrol.size} trials in the bootstrap units")
     if draws.num_units != len(units.names):
         raise DataError(f"{source}: the draws are of {draws.num_units} units, the trials have {len(units.names)}")
-    point = compute_metrics(scores, labels, p_targets, c_miss, c_fa, source, eer_method)
     sweep = _Sweep(scores, labels, units, p_targets, c_miss, c_fa)
+    num_target = int(labels.sum())
+    point = sweep_metrics(sweep.point, num_target, labels.size - num_target, p_targets, c_miss, c_fa, eer_method)
     eer_draws = np.empty(draws.resamples)
     dcf_draws = {float(p): np.empty(draws.resamples) for p in p_targets}
     dropped = 0
