@@ -429,9 +429,9 @@ def _resample_metrics(sweep: _Sweep, weights: np.ndarray, p_targets: Sequence[fl
 def bootstrap_metrics(scores: np.ndarray | Sequence[float], labels: np.ndarray | Sequence[bool], units: TrialUnits,
                       draws: Draws, p_targets: Sequence[float] = (0.01, 0.05), c_miss: float = 1.0,
                       c_fa: float = 1.0, source: str = "scores", eer_method: str = "sweep") -> Replicates:
-    """EER (``eer_method``, as :func:`~nawsv.scoring.metrics.compute_metrics`) and minDCF of the trials and of every resample in
-    ``draws``; each resample's values equal those of :func:`~nawsv.scoring.metrics.compute_metrics` on the trial list replicated by its
-    weights."""
+    """EER (``eer_method``) and minDCF of the trials and of every resample in ``draws``: the point values are those
+    of :func:`~nawsv.scoring.metrics.compute_metrics`, and each resample's those of that function on the trial
+    list replicated by the resample's weights."""
     scores, labels = _validated(scores, labels, source)
     if units.enrol.shape != scores.shape:
         raise DataError(f"{source}: {scores.size} scores but {units.enrol.size} trials in the bootstrap units")
