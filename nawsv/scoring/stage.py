@@ -195,17 +195,19 @@ def score_test_set(job: ScoreJob, cfg: ScoreConfig) -> SetScores:
                 if labels[name] is None:
                     continue
                 source = f"{name} / {condition.name} / {method}"
-                metrics = compute_metrics(scores, labels[name], cfg.p_targets, cfg.c_miss, cfg.c_fa, source=source,
-                                          eer_method=cfg.eer)
-                eer, min_dcf, intervals, dropped = metrics.eer, metrics.min_dcf, {}, None
-                if cfg.bootstrap.enabled:
+                if cfg.bootstrap.enabled:       # its point values are those of compute_metrics, from one sort
                     if name not in plans:
                         plans[name] = resample_plan(job, cfg.bootstrap, name, trial_lists[name])
                     units, draws, _ = plans[name]
                     cell = bootstrap_metrics(scores, labels[name], units, draws, cfg.p_targets, cfg.c_miss,
                                              cfg.c_fa, source, cfg.eer)
                     replicates[(name, condition.name, method)] = cell
-                    intervals, dropped = cell.intervals(cfg.bootstrap.confidence), cell.dropped
+                    eer, min_dcf, dropped = cell.eer, cell.min_dcf, cell.dropped
+                    intervals = cell.intervals(cfg.bootstrap.confidence)
+                else:
+                    metrics = compute_metrics(scores, labels[name], cfg.p_targets, cfg.c_miss, cfg.c_fa,
+                                              source=source, eer_method=cfg.eer)
+                    eer, min_dcf, intervals, dropped = metrics.eer, metrics.min_dcf, {}, None
                 rows.append(ResultRow(name, condition.set_name, condition.name, condition.category, condition.snr,
                                       method, len(scores), eer, min_dcf, intervals, dropped))
         log.info("scored %s", condition.set_name)
