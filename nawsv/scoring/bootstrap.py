@@ -63,22 +63,24 @@ class TrialUnits:
 def trial_units(pairs: Sequence[tuple[str, str]], unit: Unit, utt2spk: Mapping[str, str] | None = None,
                 source: str = "the trial list") -> TrialUnits:
     """Map the (enrol, test) keys of a trial list to resampling units."""
+    if unit not in ("speaker", "utterance"):
+        raise DataError(f"unknown bootstrap unit {unit!r}; choose from ['speaker', 'utterance']")
+    keys = [key for pair in pairs for key in pair]
     if unit == "speaker":
         if utt2spk is None:
             raise DataError(f"{source}: speaker resampling needs utt2spk; pass it or use bootstrap.unit=utterance")
-        missing = next((k for pair in pairs for k in pair if k not in utt2spk), None)
-        if missing is not None:
-            raise DataError(f"{source}: utterance {missing!r} has no speaker in utt2spk; rerun stage 1 or use "
-                            f"bootstrap.unit=utterance")
-        sides = [(utt2spk[a], utt2spk[b]) for a, b in pairs]
-    elif unit == "utterance":
-        sides = list(pairs)
-    else:
-        raise DataError(f"unknown bootstrap unit {unit!r}; choose from ['speaker', 'utterance']")
-    names = sorted({name for pair in sides for name in pair})
-    index = {name: i for i, name in enumerate(names)}
-    enrol = np.array([index[a] for a, _ in sides], dtype=np.int64)
-    test = np.array([index[b] for _, b in sides], dtype=np.int64)
+        try:
+            keys = [utt2spk[key] for key in keys]
+        except KeyError as missing:
+            raise DataError(f"{source}: utterance {missing.args[0]!r} has no speaker in utt2spk; rerun stage 1 or "
+                            f"use bootstrap.unit=utterance") from None
+    first_seen: dict[str, int] = {}
+    codes = np.fromiter((first_seen.setdefault(key, len(first_seen)) for key in keys), dtype=np.int64,
+                        count=len(keys))
+    names = sorted(first_seen)
+    position = {name: index for index, name in enumerate(names)}
+    codes = np.fromiter((position[name] for name in first_seen), dtype=np.int64, count=len(names))[codes]
+    enrol, test = codes[0::2].copy(), codes[1::2].copy()
     if unit == "speaker":
         test[enrol == test] = -1
     return TrialUnits(enrol, test, names, unit)
