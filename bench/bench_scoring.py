@@ -7,8 +7,10 @@ AS-norm cohort of 5,994 speakers x 3 utterances. Every timing includes reading t
 and writing the score file, as WeSpeaker's score.py / score_norm.py do; AS-norm timings also include building
 the 5,994 speaker means from the cohort utterances (WeSpeaker reads precomputed means). The Vox1-H AS-norm run
 is a fresh subprocess, so its peak RSS is its own. The bootstrap figures time the 95 % intervals of stage 6
-(EER + two minDCFs, default 1,000 resamples) on the Vox1-H-size scores. ``python -m bench scoring:bootstrap``
-runs only that part (``scoring:cosine``, ``scoring:asnorm`` likewise).
+(EER + two minDCFs, default 1,000 resamples) on the Vox1-H-size scores against the previous implementation
+(bench/previous_bootstrap.py) in the same run; the stage figures time stage 6 on a Vox1-H-size experiment
+(clean + 2 noisy conditions, cosine) with and without intervals. ``python -m bench scoring:bootstrap`` runs
+only that part (``scoring:cosine``, ``scoring:asnorm``, ``scoring:stage`` likewise).
 """
 from __future__ import annotations
 
@@ -22,20 +24,25 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import Figure, peak_rss_mb, timer
-from nawsv.data.kaldi import read_table, read_trials, write_trials
-from nawsv.scoring.bootstrap import bootstrap_metrics, draws_for, trial_units
+from typing import Sequence
+
+from bench.previous_bootstrap import previous_bootstrap
+from nawsv.data.kaldi import read_table, read_trials, write_table, write_trials
 from nawsv.scoring.asnorm import asnorm_scores, cohort_statistics, speaker_cohort, trial_rows
-from nawsv.scoring.config import BootstrapConfig
+from nawsv.scoring.bootstrap import bootstrap_metrics, draws_for, percentile_interval, trial_units
+from nawsv.scoring.config import BootstrapConfig, ScoreConfig
 from nawsv.scoring.cosine import index_trials, pair_scores, trial_labels, utterance_directions
 from nawsv.scoring.embeddings import read_vector_scp
 from nawsv.scoring.metrics import compute_metrics
 from nawsv.scoring.score_files import write_scores
-from nawsv.scoring.synthetic import random_trials, speaker_structured_set, write_embedding_set, write_utt2spk
+from nawsv.scoring.stage import ScoreJob, run_score_stage
+from nawsv.scoring.synthetic import (SyntheticSet, random_trials, speaker_structured_set, write_embedding_set,
+                                     write_utt2spk)
 from nawsv.utils.seeding import rng_for
 
 ROOT = Path(__file__).resolve().parents[1]
 TOP_N = 300
-PARTS = ("cosine", "asnorm", "bootstrap")
+PARTS = ("cosine", "asnorm", "bootstrap", "stage")
 
 
 def _build(root: Path, speakers: int, utts: int, trials: int, seed: str) -> None:
@@ -122,26 +129,75 @@ def _median_seconds(function, repeats: int) -> float:
     return float(np.median(times))
 
 
-def _bootstrap_figures(workload: Path, scores: np.ndarray, note: str) -> list[Figure]:
-    """Stage 6's intervals on one score set: speaker units (default) and utterance units."""
+def _bootstrap_figures(workload: Path, clean: np.ndarray, note: str) -> list[Figure]:
+    """Stage 6's intervals on one score set, speaker units (default) and utterance units, against the previous
+    implementation on the same draws (each timing draws its resamples afresh, as one cell of stage 6 does)."""
     trials = read_trials(workload / "trials")
     labels = trial_labels(trials)
     pairs = [(t.enrol, t.test) for t in trials]
     utt2spk = {key: key.split("/")[0] for pair in pairs for key in pair}
     cfg = BootstrapConfig()
+    # a noisy cell: EER near 28 % and scores with 3 decimals (many ties), where resampled optima spread widely
+    noisy = np.round(clean + rng_for("bench-scoring", "noisy").normal(0.0, 0.25, clean.size), 3)
     figures = []
-    for unit in ("speaker", "utterance"):
+    for unit, scores, what, target in (("speaker", clean, "", ">= 10x faster"),
+                                       ("utterance", clean, "", ">= 4x faster"),
+                                       ("speaker", noisy, ", noisy (3-decimal) scores", "")):
         with timer() as setup:
             units = trial_units(pairs, unit, utt2spk)
-            draws = draws_for(units, cfg)
+        with timer() as old:
+            old_eer, old_dcf = previous_bootstrap(scores, labels, units, draws_for(units, cfg), (0.01, 0.05))
         with timer() as t:
-            result = bootstrap_metrics(scores, labels, units, draws, (0.01, 0.05))
-        low, high = np.percentile(result.eer_draws, [2.5, 97.5])
-        figures.append(Figure(f"bootstrap, {cfg.resamples} resamples of {len(units.names)} {unit}s, EER + 2 minDCF, "
-                              f"{len(scores)} scores", t["s"], "s", None, "",
-                              f"+{setup['s']:.2f} s units and draws; EER {100 * result.eer:.2f}% "
-                              f"[{100 * low:.2f}, {100 * high:.2f}]" + (f"; {note}" if note else "")))
+            result = bootstrap_metrics(scores, labels, units, draws_for(units, cfg), (0.01, 0.05))
+        low, high = percentile_interval(result.eer_draws, cfg.confidence)
+        over = max(float(np.nanmax(old_dcf[p] - result.min_dcf_draws[p])) for p in old_dcf)
+        figures.append(Figure(
+            f"bootstrap, {cfg.resamples} resamples of {len(units.names)} {unit}s, EER + 2 minDCF, {len(scores)} "
+            f"scores{what}",
+            t["s"], "s", old["s"], target,
+            f"previous implementation {old['s']:.2f} s, same draws: EER draws equal "
+            f"{np.array_equal(old_eer, result.eer_draws, equal_nan=True)}, previous minDCF minus ours at most "
+            f"{over:.1e} (its float32 search); +{setup['s']:.2f} s units; EER {100 * result.eer:.2f}% "
+            f"[{100 * low:.2f}, {100 * high:.2f}]" + (f"; {note}" if note else "")))
     return figures
+
+
+def _stage_workload(root: Path, workload: Path, conditions: Sequence[str]) -> ScoreJob:
+    """A stage-6 experiment on the Vox1-H-size workload: its clean embeddings and noisier copies as conditions."""
+    test_set = "vox1_h_bench"
+    (root / "exp" / "embeddings").mkdir(parents=True)
+    (root / "exp" / "embeddings" / test_set).symlink_to(workload / "emb")
+    clean = read_vector_scp(workload / "emb" / "xvector.scp")
+    speakers = [key.split("/")[0] for key in clean.keys]
+    rng = rng_for("bench-scoring", "stage")
+    for name in conditions:
+        noisy = clean.vectors + 1.5 * rng.standard_normal(clean.vectors.shape).astype(np.float32)
+        write_embedding_set(root / "exp" / "embeddings" / f"{test_set}_{name}",
+                            SyntheticSet(list(clean.keys), speakers, noisy))
+    write_table(root / "data" / test_set / "utt2spk", dict(zip(clean.keys, speakers, strict=True)))
+    write_trials(root / "data" / test_set / "trials" / "vox1_h", read_trials(workload / "trials"))
+    return ScoreJob(root / "exp", root / "data", test_set, [])
+
+
+def _stage_figures(root: Path, workload: Path, note: str) -> list[Figure]:
+    """Stage 6 (cosine scoring of every condition, score files, results) with and without intervals."""
+    conditions = ["noise_0", "music_5"]
+    job = _stage_workload(root, workload, conditions)
+    base = dict(methods=["cosine"], clean_method="cosine", noisy_method="cosine", conditions=conditions)
+    seconds: dict[int, list[float]] = {0: [], BootstrapConfig().resamples: []}
+    for resamples in list(seconds) * 2:         # alternated, the faster of two: less noise on a shared machine
+        cfg = ScoreConfig(**base, bootstrap=BootstrapConfig(resamples=resamples))
+        with timer() as t:
+            run_score_stage(job, cfg)
+        seconds[resamples].append(t["s"])
+    with_intervals, without = min(seconds[BootstrapConfig().resamples]), min(seconds[0])
+    cells = 1 + len(conditions)
+    return [Figure(f"stage 6, Vox1-H size, {cells} cells (cosine), 95 % intervals on every cell", with_intervals, "s",
+                   None, "", f"{BootstrapConfig().resamples} speaker resamples, faster of 2 runs"
+                   + (f"; {note}" if note else "")),
+            Figure("stage 6, the same without intervals", without, "s", None, "", "faster of 2 runs"
+                   + (f"; {note}" if note else "")),
+            Figure("stage 6 time with intervals / without", with_intervals / without, "x", None, "<= 2x", note)]
 
 
 def run(args: argparse.Namespace, parts: tuple[str, ...] = PARTS) -> list[Figure]:
@@ -176,6 +232,8 @@ def run(args: argparse.Namespace, parts: tuple[str, ...] = PARTS) -> list[Figure
                                   f"median of 3; EER {100 * metrics.eer:.2f}%" + (f"; {note}" if note else "")))
         if "bootstrap" in parts:
             figures += _bootstrap_figures(tmp / "h", h_scores, note)
+        if "stage" in parts:
+            figures += _stage_figures(tmp / "stage", tmp / "h", note)
         if "asnorm" in parts:
             _build_cohort(tmp / "c", cohort_speakers)
             seconds = _median_seconds(lambda: asnorm_pipeline(tmp / "o", tmp / "c", tmp / "o_asnorm.score"), 3)

@@ -227,7 +227,8 @@ def compare(experiments: Sequence[Experiment], cfg: BootstrapConfig) -> Comparis
             for index, (experiment, (_, scores, labels)) in enumerate(zip(experiments, loaded, strict=True)):
                 source = f"{experiment.name} {trials}/{condition}/{method}"
                 cell = bootstrap_metrics(scores, labels, units, draws, experiment.score_cfg.p_targets,
-                                         experiment.score_cfg.c_miss, experiment.score_cfg.c_fa, source)
+                                         experiment.score_cfg.c_miss, experiment.score_cfg.c_fa, source,
+                                         experiment.score_cfg.eer)
                 _check_agrees(experiment, experiment.row(trials, condition, method), cell)
                 replicates[(index, trials, condition, method)] = cell
     return Comparison(list(experiments), cfg, replicates, unverified)
@@ -235,8 +236,8 @@ def compare(experiments: Sequence[Experiment], cfg: BootstrapConfig) -> Comparis
 
 def _check_agrees(experiment: Experiment, row: ResultRow, cell: Replicates) -> None:
     if not math.isclose(100 * cell.eer, 100 * row.eer, abs_tol=1e-3):
-        log.warning("%s %s/%s/%s: results.tsv says EER %.4f %% but the score file gives %.4f %% on the threshold sweep "
-                    "(another EER method, or scores rewritten after results.tsv); the interval is of the latter",
+        log.warning("%s %s/%s/%s: results.tsv says EER %.4f %% but the score file gives %.4f %% "
+                    "(scores rewritten after results.tsv?); the interval is of the latter",
                     experiment.name, row.trials, row.condition, row.method, 100 * row.eer, 100 * cell.eer)
 
 

@@ -75,13 +75,17 @@ def threshold_sweep(scores: np.ndarray | Sequence[float], labels: np.ndarray | S
     """FNR and FPR at ``+inf`` and at every unique score, from a single sort."""
     scores, labels = _validated(scores, labels, source)
     order = np.argsort(scores, kind="stable")[::-1]
-    sorted_scores = scores[order]
-    accepted_targets = np.cumsum(labels[order], dtype=np.int64)
-    accepted_total = np.arange(1, scores.size + 1, dtype=np.int64)
+    return sorted_sweep(scores[order], labels[order])
+
+
+def sorted_sweep(sorted_scores: np.ndarray, sorted_labels: np.ndarray) -> Sweep:
+    """:func:`threshold_sweep` of scores already sorted (descending, stable) with their labels in that order."""
+    accepted_targets = np.cumsum(sorted_labels, dtype=np.int64)
+    accepted_total = np.arange(1, sorted_scores.size + 1, dtype=np.int64)
     # The last position of every run of equal scores: accepting that score accepts the whole run.
     group_end = np.flatnonzero(np.append(sorted_scores[1:] != sorted_scores[:-1], True))
     num_target = int(accepted_targets[-1])
-    num_nontarget = scores.size - num_target
+    num_nontarget = sorted_scores.size - num_target
     acc_tar = np.concatenate(([0], accepted_targets[group_end]))
     acc_non = np.concatenate(([0], accepted_total[group_end] - accepted_targets[group_end]))
     thresholds = np.concatenate(([np.inf], sorted_scores[group_end]))
@@ -156,10 +160,16 @@ def compute_metrics(scores: np.ndarray | Sequence[float], labels: np.ndarray | S
                     p_targets: Sequence[float] = (0.01, 0.05), c_miss: float = 1.0, c_fa: float = 1.0,
                     source: str = "scores", eer_method: str = "sweep") -> Metrics:
     """EER and minDCF for several operating points from one sort (the cost of large trial lists is the sort)."""
-    sweep = threshold_sweep(scores, labels, source)
+    num_target = int(np.asarray(labels).astype(bool).sum())
+    return sweep_metrics(threshold_sweep(scores, labels, source), num_target, int(np.asarray(labels).size) - num_target,
+                         p_targets, c_miss, c_fa, eer_method)
+
+
+def sweep_metrics(sweep: Sweep, num_target: int, num_nontarget: int, p_targets: Sequence[float] = (0.01, 0.05),
+                  c_miss: float = 1.0, c_fa: float = 1.0, eer_method: str = "sweep") -> Metrics:
+    """:func:`compute_metrics` of a sweep already made."""
     eer, eer_threshold = _eer(sweep, eer_method)
     dcf = {float(p): _min_dcf(sweep, float(p), c_miss, c_fa) for p in p_targets}
-    num_target = int(np.asarray(labels).astype(bool).sum())
     return Metrics(eer=eer, eer_threshold=eer_threshold, min_dcf={p: v for p, (v, _) in dcf.items()},
                    min_dcf_threshold={p: t for p, (_, t) in dcf.items()}, num_target=num_target,
-                   num_nontarget=int(np.asarray(labels).size) - num_target)
+                   num_nontarget=num_nontarget)

@@ -21,6 +21,7 @@ from nawsv.utils.atomic import atomic_open
 from nawsv.utils.errors import DataError
 
 BASE_COLUMNS = ("trials", "set", "condition", "category", "snr", "method", "num_trials", "eer_percent")
+DROPPED_COLUMN = "resamples_dropped"     # after the interval columns: resamples without a target or non-target
 MISSING = "-"
 
 
@@ -51,6 +52,7 @@ class ResultRow:
     eer: float
     min_dcf: dict[float, float]
     intervals: dict[str, Interval] = dataclasses.field(default_factory=dict)   # metric -> (low, high), row units
+    resamples_dropped: int | None = None     # bootstrap resamples left out of the intervals (None: no bootstrap)
 
     def interval(self, name: str) -> Interval | None:
         """The bootstrap interval of ``metric(name)`` in the same units (EER in percent), or None."""
@@ -71,10 +73,11 @@ class ResultRow:
 
 def write_results_tsv(path: str | Path, rows: Sequence[ResultRow], p_targets: Sequence[float]) -> None:
     """One tab-separated row per result, with a header line; interval columns when the rows have intervals; atomic."""
-    with_intervals = any(row.intervals for row in rows)
+    with_intervals = any(row.intervals or row.resamples_dropped is not None for row in rows)
     header = BASE_COLUMNS + tuple(dcf_column(p) for p in p_targets)
     with atomic_open(path) as handle:
-        handle.write("\t".join(header + (interval_columns(p_targets) if with_intervals else ())) + "\n")
+        handle.write("\t".join(header + ((*interval_columns(p_targets), DROPPED_COLUMN) if with_intervals else ()))
+                     + "\n")
         for row in rows:
             fields = [row.trials, row.set_name, row.condition, row.category or MISSING,
                       MISSING if row.snr is None else str(row.snr), row.method, str(row.num_trials),
@@ -83,6 +86,7 @@ def write_results_tsv(path: str | Path, rows: Sequence[ResultRow], p_targets: Se
                 for name, digits in [("eer", 4)] + [(dcf_column(p), 6) for p in p_targets]:
                     bounds = row.interval(name) or (math.nan, math.nan)
                     fields += [f"{bound:.{digits}f}" for bound in bounds]
+                fields.append(MISSING if row.resamples_dropped is None else str(row.resamples_dropped))
             handle.write("\t".join(fields) + "\n")
 
 
@@ -99,7 +103,8 @@ def read_results_tsv(path: str | Path) -> list[ResultRow]:
     header = next(reader, None)
     if header is None or tuple(header[:len(BASE_COLUMNS)]) != BASE_COLUMNS:
         raise DataError(f"{path}: the header is not {' '.join(BASE_COLUMNS)} mindcf_<p>...; rerun stage 6")
-    extra = header[len(BASE_COLUMNS):]
+    dropped = header[-1] == DROPPED_COLUMN
+    extra = header[len(BASE_COLUMNS):len(header) - dropped]
     dcf_names = [name for name in extra if not name.endswith(("_low", "_high"))]
     try:
         p_targets = [float(name.removeprefix("mindcf_")) for name in dcf_names]
@@ -120,7 +125,8 @@ def read_results_tsv(path: str | Path) -> list[ResultRow]:
                 num_trials=int(fields[6]), eer=float(fields[7]) / 100.0,
                 min_dcf={p: float(v) for p, v in zip(p_targets, fields[len(BASE_COLUMNS):][:len(p_targets)],
                                                      strict=True)},
-                intervals=_parse_intervals(fields[len(BASE_COLUMNS) + len(p_targets):], p_targets)))
+                intervals=_parse_intervals(fields[len(BASE_COLUMNS) + len(p_targets):len(fields) - dropped], p_targets),
+                resamples_dropped=int(fields[-1]) if dropped and fields[-1] != MISSING else None))
         except ValueError as exc:
             raise DataError(f"{path}:{number}: malformed number ({exc}); rerun stage 6") from None
     return rows

@@ -20,8 +20,8 @@ from nawsv.data.kaldi import Trial, printable_path, read_table, read_trials, wri
 from nawsv.protocol import summary_lines
 from nawsv.scoring.asnorm import (Cohort, asnorm_scores, cohort_statistics, effective_top_n, speaker_cohort,
                                   trial_rows)
-from nawsv.scoring.bootstrap import (Replicates, TrialUnits, bootstrap_metrics, draws_for, mean_draws,
-                                     percentile_interval, trial_units)
+from nawsv.scoring.bootstrap import (Replicates, TrialUnits, bootstrap_metrics, draws_for, dropped_note,
+                                     mean_draws, percentile_interval, trial_units)
 from nawsv.scoring.conditions import Condition, discover_conditions
 from nawsv.scoring.config import BootstrapConfig, ScoreConfig
 from nawsv.scoring.cosine import (TrialIndex, full_scores, index_trials, pair_scores, segment_directions,
@@ -195,21 +195,26 @@ def score_test_set(job: ScoreJob, cfg: ScoreConfig) -> SetScores:
                 if labels[name] is None:
                     continue
                 source = f"{name} / {condition.name} / {method}"
-                metrics = compute_metrics(scores, labels[name], cfg.p_targets, cfg.c_miss, cfg.c_fa, source=source,
-                                          eer_method=cfg.eer)
-                eer, min_dcf, intervals = metrics.eer, metrics.min_dcf, {}
-                if cfg.bootstrap.enabled:
+                if cfg.bootstrap.enabled:       # its point values are those of compute_metrics, from one sort
                     if name not in plans:
                         plans[name] = resample_plan(job, cfg.bootstrap, name, trial_lists[name])
                     units, draws, _ = plans[name]
                     cell = bootstrap_metrics(scores, labels[name], units, draws, cfg.p_targets, cfg.c_miss,
-                                             cfg.c_fa, source)
+                                             cfg.c_fa, source, cfg.eer)
                     replicates[(name, condition.name, method)] = cell
+                    eer, min_dcf, dropped = cell.eer, cell.min_dcf, cell.dropped
                     intervals = cell.intervals(cfg.bootstrap.confidence)
+                else:
+                    metrics = compute_metrics(scores, labels[name], cfg.p_targets, cfg.c_miss, cfg.c_fa,
+                                              source=source, eer_method=cfg.eer)
+                    eer, min_dcf, intervals, dropped = metrics.eer, metrics.min_dcf, {}, None
                 rows.append(ResultRow(name, condition.set_name, condition.name, condition.category, condition.snr,
-                                      method, len(scores), eer, min_dcf, intervals))
+                                      method, len(scores), eer, min_dcf, intervals, dropped))
         log.info("scored %s", condition.set_name)
-    return SetScores(rows, unlabelled, conditions, _notes(job, top_n, cohort) + _not_built(job, cfg, conditions),
+    dropped_notes = [dropped_note(row.trials, row.resamples_dropped, cfg.bootstrap.resamples)
+                     for row in {row.trials: row for row in rows if row.resamples_dropped is not None}.values()]
+    notes = _notes(job, top_n, cohort) + _not_built(job, cfg, conditions) + [n for n in dropped_notes if n]
+    return SetScores(rows, unlabelled, conditions, notes,
                      outputs, replicates, {name: plan[2] for name, plan in plans.items() if plan[2]})
 
 
@@ -276,7 +281,8 @@ def bootstrap_note(cfg: BootstrapConfig) -> str:
     what = "speakers" if cfg.unit == "speaker" else "utterances"
     return (f"[low, high]: {100 * cfg.confidence:g} % percentile bootstrap interval, {cfg.resamples} resamples of the "
             f"trial list's {what} with replacement (seed {cfg.seed}); every cell and mean of one trial list uses the "
-            f"same resamples (README, \"Confidence intervals\")")
+            f"same resamples; a resample that draws no target or no non-target trial is dropped (results.tsv "
+            f"`resamples_dropped`) (README, \"Confidence intervals\")")
 
 
 def mean_interval_of(replicates: dict[CellKey, Replicates], confidence: float) -> MeanInterval:
@@ -286,6 +292,8 @@ def mean_interval_of(replicates: dict[CellKey, Replicates], confidence: float) -
         if not cells or any(cell is None for cell in cells):
             return None
         low, high = percentile_interval(mean_draws(cells, metric)[1], confidence)
+        if np.isnan(low):
+            return None
         scale = 100.0 if metric == "eer" else 1.0
         return scale * low, scale * high
     return interval
