@@ -1,7 +1,8 @@
 """Class-weighted AAM across 2 and 3 gloo ranks equals one process on the concatenated batch (issue 17, finding 1).
 
-Each worker averages gradients over ranks with the trainer's own :class:`GradientSync`, and reports the mean of the per-rank losses. The batch has an uneven class mix
-with inverse-frequency weights spanning 40x, split evenly and unevenly over the ranks.
+Each worker averages gradients over ranks with the trainer's own :class:`GradientSync` and reports the mean of
+the per-rank losses. The batch has an uneven class mix with inverse-frequency weights spanning 40x, split evenly
+and unevenly over the ranks.
 """
 from __future__ import annotations
 

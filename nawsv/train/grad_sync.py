@@ -116,8 +116,8 @@ class GradientSync:
             self._arrivals = []
         self._expected = _leaves_reached(loss) & set(self._where)
         for index, bucket in enumerate(self._buckets):
-            first = bucket.params[0]
-            bucket.buffer = torch.zeros(bucket.numel + len(bucket.params) + 1, dtype=first.dtype, device=first.device)
+            like = bucket.params[0] if bucket.params else loss
+            bucket.buffer = torch.zeros(bucket.numel + len(bucket.params) + 1, dtype=like.dtype, device=like.device)
             bucket.pending = sum(id(p) in self._expected for p in bucket.params)
             bucket.work = None
             if index == 0:
@@ -139,7 +139,7 @@ class GradientSync:
                 current, size = [], 0
             current.append(param)
             size += nbytes
-        if current:
+        if current or not self._buckets:         # nothing trainable: one empty bucket still carries the loss flag
             self._buckets.append(_Bucket.of(current))
         self._where = {id(p): (b, i) for b, bucket in enumerate(self._buckets) for i, p in enumerate(bucket.params)}
 

@@ -1,14 +1,14 @@
 """The one training loop shared by the warm-up and fine-tuning tasks.
 
 The loop owns what both phases have in common: epochs and the LR schedule, the optimiser, gradient
-averaging across ranks (overlapped with backward, :mod:`nawsv.train.grad_sync`), bf16 autocast on CUDA, skipping non-finite steps, checkpoints and exact
-resumption, TensorBoard and the progress bar. A task supplies the model, the batches and the loss.
+averaging across ranks (overlapped with backward: :mod:`nawsv.train.grad_sync`), bf16 autocast on CUDA,
+skipping non-finite steps, checkpoints and exact resumption, TensorBoard and the progress bar. A task supplies
+the model, the batches and the loss.
 
 Exact resumption rests on one rule: every random draw of step ``s`` of epoch ``e`` on rank ``r`` comes from
 generators seeded with (seed, rank, epoch, step), and the draws every rank must make alike (LayerDrop) from one
-seeded with (seed, epoch, step) -- the batches themselves are a pure function of
-(seed, epoch) -- so a checkpoint needs no RNG state and a resumed run repeats the uninterrupted one bit for
-bit on CPU.
+seeded with (seed, epoch, step) -- the batches themselves are a pure function of (seed, epoch) -- so a
+checkpoint needs no RNG state and a resumed run repeats the uninterrupted one bit for bit on CPU.
 
 A step is skipped on every rank when the loss or the averaged gradient norm is NaN/inf on any rank; the skipped
 step's forward has already moved BatchNorm running statistics, so they are put back. Resumption is decided by
