@@ -17,6 +17,10 @@ need re-wrapping the modules each phase plus ``find_unused_parameters``. Here:
   and a non-finite loss anywhere is known everywhere, without a collective of its own;
 - the averaged gradients are the same on every rank, so the norm, the skip decision and clipping need no further
   communication, and the step reads the device once (norm, loss flag, loss value, usage flags together).
+
+Collectives that run inside backward (SyncBatchNorm, E-APN's all-gather) interleave with the buckets in one order
+on every rank as long as the ranks' graphs have the same shape, the condition DDP has too; nawsv's tasks use the
+same parameters on every rank (masks always mask something, LayerDrop is shared).
 """
 from __future__ import annotations
 
