@@ -22,6 +22,7 @@ BENCHMARKS = {
     "extract": "bench.bench_extract",
     "train": "bench.bench_train",
     "gpu": "bench.bench_gpu",
+    "ddp": "bench.bench_ddp",
 }
 
 

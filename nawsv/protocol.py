@@ -68,9 +68,12 @@ DIFFERENCES: tuple[Difference, ...] = (
                (Switch("noisy", "musan_chunks", True, False),)
                + _each(("warmup", "finetune"), "augment.musan_chunks", True, False)),
     Difference("LayerDrop of the checkpoint (0.05 for Base+) whenever the student is in train mode; a dropped "
-               "layer repeats the previous hidden state in the 13-state list",
-               "the same (`null` = the checkpoint's value; 0 turns it off)",
-               "no difference: it is the method as published (nawsv used to force 0)", "1, 2.5, 4.3",
+               "layer repeats the previous hidden state in the 13-state list; every rank drops the same layers "
+               "(numpy seeded alike on every rank)",
+               "the same rate and rule (`null` = the checkpoint's value; 0 turns it off), drawn from a per-step "
+               "seed shared by all ranks; a layer dropped everywhere gets no gradient",
+               "none in the method; the draws no longer hang on numpy's global state, so they repeat on resume "
+               "and do not change with the GPU count (nawsv used to force 0, then drew per rank)", "1, 2.5, 3, 4.3",
                _each(("warmup", "finetune"), "ssl.layerdrop", None, None)),
     Difference("student's positional convolution, encoder LayerNorm and mask embedding left at random init",
                "a complete copy of the pre-trained model (every key checked)",

@@ -5,9 +5,10 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
 from nawsv.models.ecapa import AttentiveStatsPooling, EcapaTdnn
-from nawsv.models.heads import WarmupHead
+from nawsv.models.heads import LayerWeightedSum, WarmupHead
 from nawsv.models.registry import BACKENDS, build_backend
 
 
@@ -123,3 +124,23 @@ def test_attentive_pooling_under_bf16_autocast_keeps_fp32_statistics():
     assert float((mu - reference[:, :6]).abs().max()) < 2e-3                    # 2e-5 of the mean
     assert float(((sigma - reference[:, 6:]) / reference[:, 6:]).abs().max()) < 0.05   # 5 % of a 0.1 spread
     assert float(reference[:, 6:].min()) > 0.05
+
+
+def test_layer_sum_under_bf16_autocast_is_fp32_before_the_instance_norm():
+    """Channels whose mean is 100x their spread (issue 21, item 3): a bf16 weighted sum is rounded in steps of
+    ~0.5 at 100, so ECAPA's InstanceNorm would standardise rounding noise; in fp32 it matches float64."""
+    torch.manual_seed(0)
+    layer_sum = LayerWeightedSum(4)
+    norm = nn.InstanceNorm1d(6)
+    states = 100.0 + torch.randn(2, 4, 50, 6)
+    with torch.no_grad():
+        reference = norm(layer_sum.double()(states.double()).transpose(1, 2))
+        layer_sum.float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            summed = layer_sum(states)
+            got = norm(summed.transpose(1, 2))
+    assert summed.dtype == torch.float32
+    assert float((got.double() - reference).abs().max()) < 1e-3            # in standard deviations
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):     # what the bf16 sum gave (the bug)
+        rounded = torch.einsum("l,blth->bth", layer_sum.weights.bfloat16(), states.bfloat16())
+    assert float((norm(rounded.float().transpose(1, 2)).double() - reference).abs().max()) > 0.1

@@ -69,7 +69,8 @@ class ToyTask:
             generator = torch.Generator().manual_seed(1000 * self.data_seed + 100 * epoch + 10 * step + self.rank)
             yield epoch, step, 3.0 + torch.randn(6, 4, generator=generator)
 
-    def training_step(self, batch, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_step(self, batch, generator: torch.Generator,
+                      shared: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         epoch, step, x = batch
         self.snapshots[(epoch, step)] = _snapshot(self)
         if self.poison_at == (epoch, step):

@@ -28,6 +28,7 @@ class Family:
     config_class: str                        # transformers class names, imported when a model is built
     model_class: str
     pretraining_heads: tuple[str, ...] = ()  # tensors of the pre-training task (not the encoder), ignored on load
+    first_droppable_layer: int = 0           # HF's LayerDrop rule: WavLM never drops layer 1 (its position bias)
 
     @property
     def prefix(self) -> str:
@@ -41,7 +42,7 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "wavlm": Family("wavlm", "WavLMConfig", "WavLMModel"),
+    "wavlm": Family("wavlm", "WavLMConfig", "WavLMModel", first_droppable_layer=1),
     "hubert": Family("hubert", "HubertConfig", "HubertModel"),
     # facebook/wav2vec2-base and -large-lv60 are Wav2Vec2ForPreTraining checkpoints: quantiser and projections.
     "wav2vec2": Family("wav2vec2", "Wav2Vec2Config", "Wav2Vec2Model", ("quantizer.", "project_q.", "project_hid.")),

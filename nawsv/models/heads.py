@@ -13,11 +13,15 @@ class LayerWeightedSum(nn.Module):
         self.weights = nn.Parameter(torch.rand(num_hidden_states))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """[B, L+1, T, H] -> [B, T, H]."""
+        """[B, L+1, T, H] -> [B, T, H] in fp32 whatever the autocast: the sum feeds ECAPA's InstanceNorm and the
+        warm-up head's mean/std, and a bf16 sum rounds a channel whose mean is large against its spread (~100x
+        in WavLM's post-LN states) to a few levels, most of a standard deviation apart."""
         if hidden_states.dim() != 4 or hidden_states.shape[1] != self.weights.numel():
             raise ValueError(f"expected hidden states [batch, {self.weights.numel()}, frames, channels], "
                              f"got {tuple(hidden_states.shape)}")
-        return torch.einsum("l,blth->bth", self.weights.to(hidden_states.dtype), hidden_states)
+        with torch.autocast(device_type=hidden_states.device.type, enabled=False):
+            states = hidden_states if hidden_states.dtype == torch.float64 else hidden_states.float()
+            return torch.einsum("l,blth->bth", self.weights.to(states.dtype), states)
 
 
 class WarmupHead(nn.Module):

@@ -12,8 +12,10 @@ output-capturing machinery (which changed in transformers 5), and the feature pi
 HF's SpecAugment never fires: the only masking is :func:`nawsv.models.masking.apply_spec_masks`, applied when
 ``mask=True`` with the caller's generator. LayerDrop (``ssl.layerdrop``, by default the checkpoint's value) acts
 in train mode only, with the model's own rule (WavLM never drops layer 1, HuBERT and wav2vec 2.0 may): a dropped
-layer repeats the previous hidden state, so L+1 states always come back. Its draws use the global torch RNG,
-which the trainer seeds per step (exact resumption holds).
+layer repeats the previous hidden state, so L+1 states always come back. The drop decisions are drawn here, not
+by HF, from the caller's ``layerdrop_generator``: the trainer's is seeded per step and shared by all ranks, so every
+rank drops the same layers (as the released code, spec §3), a layer dropped on every rank gets no gradient at all,
+and N processes train as one. Without one, the global torch RNG draws them.
 
 While the CNN feature encoder is frozen it runs under ``no_grad``: HF marks its input as requiring grad in train
 mode, which would otherwise keep the CNN activations and back-propagate through a third of the forward pass.
@@ -103,9 +105,12 @@ class SSLEncoder(nn.Module):
         """A frozen teacher stays in eval mode even when a parent module is put in train mode."""
         return super().train(mode and not self.frozen)
 
-    def forward(self, wav: torch.Tensor, mask: bool = False,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Waveforms [B, T] (16 kHz) -> hidden states [B, L+1, T', H]; masking only when ``mask`` is True."""
+    def forward(self, wav: torch.Tensor, mask: bool = False, generator: torch.Generator | None = None,
+                layerdrop_generator: torch.Generator | None = None) -> torch.Tensor:
+        """Waveforms [B, T] (16 kHz) -> hidden states [B, L+1, T', H]; masking only when ``mask`` is True.
+
+        ``generator`` draws the masks (per rank), ``layerdrop_generator`` the dropped layers (same on all ranks).
+        """
         if wav.dim() != 2:
             raise ValueError(f"expected waveforms of shape [batch, samples], got {tuple(wav.shape)}")
         if mask and self.frozen:
@@ -114,12 +119,22 @@ class SSLEncoder(nn.Module):
             raise ValueError("mask=True needs the trainer's torch.Generator (masks must be reproducible)")
         grad = torch.no_grad() if self.frozen else contextlib.nullcontext()
         with grad:
-            return self._hidden_states(wav, mask, generator)
+            return self._hidden_states(wav, mask, generator, layerdrop_generator)
+
+    def dropped_layers(self, generator: torch.Generator | None) -> list[int]:
+        """Encoder layers (0-based) LayerDrop skips in one forward: none in eval mode, one CPU draw per layer."""
+        rate = float(self.backbone.config.layerdrop)
+        if not self.training or rate <= 0.0:
+            return []
+        first = backbones.get_family(self.backbone.config.model_type, "model config").first_droppable_layer
+        draws = torch.rand(len(self.backbone.encoder.layers), generator=generator).tolist()
+        return [index for index, draw in enumerate(draws) if index >= first and draw < rate]
 
     def cnn_trainable(self) -> bool:
         return any(param.requires_grad for param in self.backbone.feature_extractor.parameters())
 
-    def _hidden_states(self, wav: torch.Tensor, mask: bool, generator: torch.Generator | None) -> torch.Tensor:
+    def _hidden_states(self, wav: torch.Tensor, mask: bool, generator: torch.Generator | None,
+                       layerdrop_generator: torch.Generator | None) -> torch.Tensor:
         num_samples = wav.shape[1]
         if self.cfg.frame_convention == "s3prl" and num_samples < S3PRL_MIN_SAMPLES:
             wav = nn.functional.pad(wav, (0, S3PRL_MIN_SAMPLES - num_samples))
@@ -130,9 +145,11 @@ class SSLEncoder(nn.Module):
         hidden = backbones.project_features(self.backbone, features)
         if mask:
             hidden = apply_spec_masks(hidden, self.backbone.masked_spec_embed, self.cfg, generator)
+        dropped = self.dropped_layers(layerdrop_generator)
         self._recorded = {}
         try:
-            output = self.backbone.encoder(hidden)
+            with _skipping_layers(self.backbone.encoder, dropped):
+                output = self.backbone.encoder(hidden)
             recorded = self._recorded
         finally:
             self._recorded = None
@@ -161,6 +178,20 @@ def _s3prl_frames(states: torch.Tensor, num_samples: int) -> torch.Tensor:
     if frames >= target:
         return states[:, :, :target]
     return torch.cat([states, states[:, :, -1:].expand(-1, -1, target - frames, -1)], dim=2)
+
+
+@contextlib.contextmanager
+def _skipping_layers(encoder: nn.Module, dropped: list[int]) -> Iterator[None]:
+    """HF's encoder without the ``dropped`` layers and with its own LayerDrop off (nawsv has drawn it already)."""
+    layers, rate = encoder.layers, encoder.config.layerdrop
+    if dropped:
+        encoder.layers = nn.ModuleList(layer for index, layer in enumerate(layers) if index not in dropped)
+    encoder.config.layerdrop = 0.0
+    try:
+        yield
+    finally:
+        encoder.layers = layers
+        encoder.config.layerdrop = rate
 
 
 def _rename_legacy_keys(state_dict: dict, prefix: str, *args: Any) -> None:

@@ -1,8 +1,6 @@
-"""Process-group setup for torchrun launches and gradient averaging across ranks.
+"""Process-group setup for torchrun launches and the small collectives of the trainer's decisions.
 
-Gradients are averaged with one coalesced all-reduce per step instead of wrapping modules in DDP:
-the trainable set changes between epochs (adapters first, then the whole student) and the warm-up
-head is called twice per step, both awkward for DDP; an explicit average gives the same update.
+Gradients are averaged by :mod:`nawsv.train.grad_sync` (bucketed, overlapped with backward).
 """
 from __future__ import annotations
 
@@ -65,27 +63,6 @@ def init_distributed(device: str = "auto") -> DistContext:
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
         log.info("rank %d/%d joined the %s process group", rank, world_size, backend)
     return DistContext(rank, world_size, local_rank, target)
-
-
-def average_gradients(parameters: list[torch.nn.Parameter], world_size: int) -> None:
-    """Replace each gradient by its mean over ranks (one flattened all-reduce per dtype/device)."""
-    if world_size <= 1:
-        return
-    groups: dict[tuple, list[torch.nn.Parameter]] = {}
-    for param in parameters:
-        if param.requires_grad:
-            if param.grad is None:
-                param.grad = torch.zeros_like(param)
-            groups.setdefault((param.grad.dtype, param.grad.device), []).append(param)
-    for params in groups.values():
-        flat = torch.cat([p.grad.reshape(-1) for p in params])
-        dist.all_reduce(flat)
-        flat /= world_size
-        offset = 0
-        for param in params:
-            count = param.grad.numel()
-            param.grad.copy_(flat[offset:offset + count].view_as(param.grad))
-            offset += count
 
 
 def all_ranks_true(flag: bool, device: torch.device) -> bool:

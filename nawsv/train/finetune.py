@@ -184,15 +184,15 @@ class FinetuneTask:
             items.append([(epoch, first + i, utt, crop) for i, utt in enumerate(mine)])
         return make_loader(self.dataset, items, self.cfg.data.num_workers, self.ctx.device.type == "cuda")
 
-    def training_step(self, batch, generator: torch.Generator):
+    def training_step(self, batch, generator: torch.Generator, shared: torch.Generator | None = None):
         wav, labels = (t.to(self.ctx.device, non_blocking=True) for t in batch)
         if self.ssl_frozen:
             with torch.no_grad():
                 hidden = self.ssl(wav)
         else:
-            hidden = self.ssl(wav, mask=True, generator=generator)
+            hidden = self.ssl(wav, mask=True, generator=generator, layerdrop_generator=shared)
         loss, accuracy = self.aam(self.backend(hidden), labels)
-        return loss, {"accuracy": accuracy.item()}
+        return loss, {"accuracy": accuracy.detach()}
 
     def samples_per_step(self) -> int:
         return self.cfg.data.batch_size

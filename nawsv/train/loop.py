@@ -1,13 +1,14 @@
 """The one training loop shared by the warm-up and fine-tuning tasks.
 
 The loop owns what both phases have in common: epochs and the LR schedule, the optimiser, gradient
-averaging across ranks, bf16 autocast on CUDA, skipping non-finite steps, checkpoints and exact
-resumption, TensorBoard and the progress bar. A task supplies the model, the batches and the loss.
+averaging across ranks (overlapped with backward: :mod:`nawsv.train.grad_sync`), bf16 autocast on CUDA,
+skipping non-finite steps, checkpoints and exact resumption, TensorBoard and the progress bar. A task supplies
+the model, the batches and the loss.
 
 Exact resumption rests on one rule: every random draw of step ``s`` of epoch ``e`` on rank ``r`` comes from
-generators seeded with (seed, rank, epoch, step) -- the batches themselves are a pure function of
-(seed, epoch) -- so a checkpoint needs no RNG state and a resumed run repeats the uninterrupted one bit for
-bit on CPU.
+generators seeded with (seed, rank, epoch, step), and the draws every rank must make alike (LayerDrop) from one
+seeded with (seed, epoch, step) -- the batches themselves are a pure function of (seed, epoch) -- so a
+checkpoint needs no RNG state and a resumed run repeats the uninterrupted one bit for bit on CPU.
 
 A step is skipped on every rank when the loss or the averaged gradient norm is NaN/inf on any rank; the skipped
 step's forward has already moved BatchNorm running statistics, so they are put back. Resumption is decided by
@@ -28,8 +29,9 @@ import torch
 from nawsv.train import checkpoint as ckpt
 from nawsv.train.dev_eval import DevEvaluator
 from nawsv.train.dev_metrics import read_dev_metrics, record_dev_metrics
-from nawsv.train.distributed import (DistContext, all_ranks_true, average_gradients, broadcast_module_states,
-                                     gather_objects, on_rank_zero)
+from nawsv.train.distributed import (DistContext, all_ranks_true, broadcast_module_states, gather_objects,
+                                     on_rank_zero)
+from nawsv.train.grad_sync import GradientSync
 from nawsv.train.schedule import learning_rate
 from nawsv.utils.errors import ExperimentError, NawsvError
 from nawsv.utils.seeding import stable_seed
@@ -95,8 +97,12 @@ class Task(Protocol):
     def batches(self, epoch: int, start_step: int) -> Iterable[Any]:
         """The batches of ``epoch`` for this rank, from ``start_step`` on."""
 
-    def training_step(self, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss (scalar, fp32) and logged values for one batch."""
+    def training_step(self, batch: Any, generator: torch.Generator,
+                      shared: torch.Generator) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
+        """Loss (scalar, fp32) and logged values for one batch (0-d tensors are read only when logged).
+
+        ``generator`` draws what differs per rank (masks), ``shared`` what every rank draws alike (LayerDrop).
+        """
 
     def samples_per_step(self) -> int:
         """Utterances consumed per global step (for throughput)."""
@@ -109,14 +115,6 @@ class Task(Protocol):
 
     def dev_embed(self, wav: torch.Tensor) -> torch.Tensor:
         """Speaker embeddings of waveforms [B, T] for the dev evaluation (modules already in eval mode)."""
-
-
-def gradient_norm(parameters: list[torch.nn.Parameter]) -> float:
-    """Global L2 norm of the gradients in fp32 (inf/NaN when any gradient holds one)."""
-    if not parameters:
-        return 0.0
-    norms = torch.stack([torch.linalg.vector_norm(p.grad.detach().float()) for p in parameters])
-    return float(torch.linalg.vector_norm(norms))
 
 
 def autocast_dtype(precision: str, device: torch.device, capability: tuple[int, int] | None = None) -> torch.dtype | None:
@@ -148,11 +146,13 @@ class Trainer:
         self.diagnostics = diagnostics       # on every rank or none; rank 0's is called (epoch -> values)
         self.parameters = [p for m in task.modules().values() for p in m.parameters()]
         self.optimizer = self._new_optimizer()
+        self.grad_sync = GradientSync(self.parameters, ctx.world_size)
         self.nonfinite_total = 0
         self.nonfinite_in_row = 0
         self.global_step = 0
         self.grad_norm_mean: float | None = None
         self.generator = torch.Generator()       # CPU: masks equal on any device, no tiny kernels per span
+        self.shared_generator = torch.Generator()   # the same on every rank (LayerDrop)
         self.autocast_dtype = autocast_dtype(run.precision, ctx.device)
         self.writer = None
 
@@ -238,23 +238,19 @@ class Trainer:
         seed = self.run_cfg.seed
         torch.manual_seed(stable_seed(seed, "step", self.ctx.rank, epoch, step))
         self.generator.manual_seed(stable_seed(seed, "mask", self.ctx.rank, epoch, step))
+        self.shared_generator.manual_seed(stable_seed(seed, "shared", epoch, step))
 
-    def _optimizer_step(self, loss: torch.Tensor, epoch: int, step: int) -> float | None:
-        """Backward, average, clip and step; returns the gradient norm, or None when the step was skipped.
+    def _optimizer_step(self, loss: torch.Tensor, epoch: int, step: int) -> tuple[float, float] | None:
+        """Backward, average, clip and step; returns (gradient norm, loss), or None when the step was skipped.
 
         Every rank agrees on skipping: the loss and the norm of the averaged gradients must be finite everywhere
         (a finite loss can still give inf/NaN gradients, and clipping an inf norm would write NaN into weights).
+        Both verdicts travel with the gradients (:class:`GradientSync`): the step reads the device once.
         """
-        what = "loss"
-        finite = all_ranks_true(bool(torch.isfinite(loss).item()), self.ctx.device)
-        if finite:
-            loss.backward()
-            average_gradients(self.parameters, self.ctx.world_size)
-            trainable = [p for p in self.parameters if p.grad is not None]
-            norm = gradient_norm(trainable)
-            what = "gradient"
-            finite = all_ranks_true(math.isfinite(norm), self.ctx.device)
-        if not finite:
+        result = self.grad_sync.backward(loss)
+        norm = result.norm
+        what = "gradient" if result.losses_finite else "loss"
+        if not (result.losses_finite and math.isfinite(norm)):
             self.optimizer.zero_grad(set_to_none=True)
             self.nonfinite_total += 1
             self.nonfinite_in_row += 1
@@ -269,15 +265,16 @@ class Trainer:
         clip = self.optim_cfg.grad_clip_norm
         if clip and norm > clip:
             with torch.no_grad():
-                for param in trainable:
-                    param.grad.mul_(clip / (norm + 1e-6))
+                for param in self.parameters:
+                    if param.grad is not None:
+                        param.grad.mul_(clip / (norm + 1e-6))
         if self.grad_norm_mean is not None and norm > self.run_cfg.grad_spike_factor * self.grad_norm_mean:
             log.warning("gradient norm spike at epoch %d step %d: %.3g (running mean %.3g)",
                         epoch + 1, step, norm, self.grad_norm_mean)
         self.grad_norm_mean = norm if self.grad_norm_mean is None else 0.98 * self.grad_norm_mean + 0.02 * norm
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return norm
+        return norm, result.loss
 
     def _open_writer(self) -> None:
         if self.ctx.is_main and self.writer is None:
@@ -374,15 +371,15 @@ class Trainer:
             self._seed_step(epoch, step)
             saved = [buffer.clone() for buffer in batchnorm]
             with self._autocast():
-                loss, values = self.task.training_step(batch, self.generator)
-            norm = self._optimizer_step(loss.float(), epoch, step)
-            if norm is None:
+                loss, values = self.task.training_step(batch, self.generator, self.shared_generator)
+            stepped = self._optimizer_step(loss, epoch, step)
+            if stepped is None:
                 with torch.no_grad():
                     for buffer, value in zip(batchnorm, saved, strict=True):
                         buffer.copy_(value)
             self.global_step += 1
-            if norm is not None:
-                values = {"loss": loss.item(), **values, "grad_norm": norm}
+            if stepped is not None:
+                values = {"loss": stepped[1], **values, "grad_norm": stepped[0]}
                 for key, value in values.items():
                     sums[key] = sums.get(key, 0.0) + value
                     epoch_sums[key] = epoch_sums.get(key, 0.0) + value
@@ -393,7 +390,7 @@ class Trainer:
                 rate = self.run_cfg.log_every_steps * self.task.samples_per_step() / max(elapsed, 1e-9)
                 tick = time.perf_counter()
                 if count:
-                    means = {k: v / count for k, v in sums.items()}
+                    means = {k: float(v) / count for k, v in sums.items()}
                     self._log_scalars({f"train/{k}": v for k, v in means.items()} |
                                       {"train/lr": lr, "train/samples_per_s": rate,
                                        "train/nonfinite_total": self.nonfinite_total}, self.global_step)
@@ -407,7 +404,7 @@ class Trainer:
         bar.close()
         done = steps - start_step
         rate = done * self.task.samples_per_step() / max(time.perf_counter() - epoch_start, 1e-9)
-        means = {k: v / max(epoch_count, 1) for k, v in epoch_sums.items()}
+        means = {k: float(v) / max(epoch_count, 1) for k, v in epoch_sums.items()}
         self._log_scalars({f"epoch/{k}": v for k, v in means.items()} | {"epoch/samples_per_s": rate}, epoch + 1)
         log.info("epoch %d/%d done: %s; %.1f samples/s%s", epoch + 1, self.epochs,
                  ", ".join(f"{k} {v:.4f}" for k, v in means.items() if k != "grad_norm"), rate,

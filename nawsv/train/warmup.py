@@ -150,10 +150,11 @@ class WarmupTask:
             items.append([(epoch, first + i, u1, u2) for i, (u1, u2) in enumerate(mine)])
         return make_loader(self.dataset, items, self.cfg.data.num_workers, self.ctx.device.type == "cuda")
 
-    def training_step(self, batch, generator: torch.Generator):
+    def training_step(self, batch, generator: torch.Generator, shared: torch.Generator | None = None):
         clean1, noisy2, clean2, _ = (t.to(self.ctx.device, non_blocking=True) for t in batch)
         half = clean1.shape[0]
-        student_hs = self.student(torch.cat([clean1, noisy2]), mask=True, generator=generator)
+        student_hs = self.student(torch.cat([clean1, noisy2]), mask=True, generator=generator,
+                                  layerdrop_generator=shared)
         teacher_second = clean2 if self.cfg.teacher_input == "clean" else noisy2
         with torch.no_grad():
             teacher_hs = self.teacher(torch.cat([clean1, teacher_second]))
@@ -162,7 +163,7 @@ class WarmupTask:
         teacher_emb = self.head(teacher_hs)
         eapn = self.eapn(student_emb[half:], [student_emb[:half], teacher_emb[:half], teacher_emb[half:]])
         loss = hint + self.cfg.loss.eapn_weight * eapn
-        return loss, {"hint": hint.item(), "eapn": eapn.item(), "eapn_w": self.eapn.w.item(),
+        return loss, {"hint": hint.detach(), "eapn": eapn.detach(), "eapn_w": self.eapn.w.detach().clone(),
                       "eapn_candidates": float(self.eapn.last_num_candidates)}
 
     def samples_per_step(self) -> int:

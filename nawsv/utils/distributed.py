@@ -24,13 +24,13 @@ def is_main_process() -> bool:
 
 
 def gather_sizes(count: int, device: torch.device) -> list[int]:
-    """Every rank's ``count`` (e.g. local batch size), in rank order."""
+    """Every rank's ``count`` (e.g. local batch size), in rank order (one read of the device for all of them)."""
     if not is_distributed():
         return [count]
     local = torch.tensor([count], dtype=torch.long, device=device)
     sizes = [torch.zeros_like(local) for _ in range(world_size())]
     dist.all_gather(sizes, local)
-    return [int(s.item()) for s in sizes]
+    return [int(size) for size in torch.cat(sizes).tolist()]
 
 
 class _AllGatherWithGrad(torch.autograd.Function):

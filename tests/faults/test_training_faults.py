@@ -51,7 +51,7 @@ class FakeTask:
     def batches(self, epoch: int, start_step: int):
         return [(epoch, step) for step in range(start_step, STEPS)]
 
-    def training_step(self, batch, generator: torch.Generator):
+    def training_step(self, batch, generator: torch.Generator, shared: torch.Generator):
         epoch, step = batch
         self.seen.append((epoch, step, [p.detach().clone() for p in self.model.parameters()]))
         x = torch.linspace(-1, 1, 8).reshape(2, 4) * (step + 1)
