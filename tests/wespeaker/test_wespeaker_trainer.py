@@ -348,3 +348,58 @@ def test_launcher_errors_are_one_line(setup, tmp_path: Path) -> None:
         good = write_config(tmp_path / "good.yaml", wespeaker_config(setup["dev"], setup["student"], tmp_path, True))
         proc = subprocess.run([*command[:-1], str(good)], capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode == 2 and "needs CUDA" in proc.stderr and "--cpu True" in proc.stderr
+
+
+SMALL_RUNS = ("--global_batch_size", "8", "--num_epochs", "1")      # WeSpeaker's top-level overrides: 3 steps
+
+
+@pytest.fixture(scope="module")
+def chained(setup) -> Path:
+    """tools/wespeaker_phase2.sh, 2 processes (torchrun, the CPU shim), runs frozen -> joint_ft on mini's configs."""
+    exp = setup["root"] / "chained"
+    finished(phase2(setup, exp, "--nproc", "2", "--runs", "frozen joint_ft", overrides=SMALL_RUNS))
+    return exp
+
+
+def test_two_processes_are_one_group_with_the_global_batch_split(chained: Path) -> None:
+    run = chained / "wespeaker" / "frozen"
+    log_lines = (run / "train.log").read_text()
+    # WeSpeaker logs "this gpu <local rank>" only when WORLD_SIZE > 1: both ranks, in one group
+    assert "this gpu 0" in log_lines and "this gpu 1" in log_lines
+    assert "epoch iteration number: 3" in log_lines                           # 24 utterances // 2 // 4
+    configs = yaml.safe_load((run / "config.yaml").read_text())
+    assert configs["gpus"] == [0, 1] and configs["dataloader_args"]["batch_size"] == 4
+    assert configs["scheduler_args"]["scale_ratio"] == 8 / 64                  # world 2 x 4: the global batch
+    assert Path(configs["exp_dir"]).is_absolute() and Path(configs["train_label"]).is_absolute()
+    assert (chained / "avg_model.pt").is_file()                                # converted for stages 5-8
+
+
+def test_chained_run_starts_from_the_previous_runs_head(setup, chained: Path, monkeypatch) -> None:
+    """As run_wavlm.sh: run 2 loads run 1's average (model_0.pt) with --checkpoint, the AAM projection included."""
+    frozen_end = torch.load(chained / "wespeaker" / "frozen" / "models" / "model_1.pt", weights_only=True)
+    model_0 = chained / "wespeaker" / "joint_ft" / "models" / "model_0.pt"
+    assert all(torch.equal(value, frozen_end[key]) for key, value in torch.load(model_0, weights_only=True).items())
+    config = MINI_CONF / "nawsv_joint_ft.yaml"
+    start = what_train_builds(config, monkeypatch, **data_args(setup, setup["root"] / "rerun_joint_ft"),
+                              global_batch_size=8, checkpoint=str(model_0))
+    assert start["epoch"] == 1 and start["state"].keys() == frozen_end.keys()
+    assert all(torch.equal(start["state"][key], frozen_end[key]) for key in frozen_end)    # head, model, front-end
+    # what the bridge did before: --model_init, whose projection WeSpeaker drops (a new random head)
+    fresh = what_train_builds(config, monkeypatch, **data_args(setup, setup["root"] / "model_init_joint_ft"),
+                              global_batch_size=8, model_init=str(model_0))
+    assert not torch.equal(fresh["state"]["projection.weight"], frozen_end["projection.weight"])
+
+
+def test_two_nodes_meet_in_one_process_group(setup) -> None:
+    """--nnodes 2 --rdzv_endpoint: the same command on each node (as train.sbatch), one group, one exp dir."""
+    exp = setup["root"] / "two_nodes"
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [phase2(setup, exp, "--nnodes", "2", "--rdzv_endpoint", endpoint, "--runs", "frozen",
+                    overrides=SMALL_RUNS) for _ in range(2)]
+    for node in nodes:
+        finished(node)
+    log_lines = (exp / "wespeaker" / "frozen" / "train.log").read_text()
+    assert log_lines.count("this gpu 0") == 2                                 # local rank 0 on each node
+    assert "epoch iteration number: 3" in log_lines                           # world size 2, not two groups of 1
+    assert sorted(p.name for p in (exp / "wespeaker" / "frozen" / "models").iterdir()) == \
+        ["avg_model.pt", "final_model.pt", "model_1.pt"]
