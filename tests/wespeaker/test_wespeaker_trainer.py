@@ -355,14 +355,32 @@ SMALL_RUNS = ("--global_batch_size", "8", "--num_epochs", "1")      # WeSpeaker'
 
 @pytest.fixture(scope="module")
 def chained(setup) -> Path:
-    """tools/wespeaker_phase2.sh, 2 processes (torchrun, the CPU shim), runs frozen -> joint_ft on mini's configs."""
+    """tools/wespeaker_phase2.sh on mini's shipped configs through the CPU shim, as a user would run it twice:
+
+    run frozen on 2 nodes x 1 process (two commands meeting at one rendezvous, as train.sbatch starts them), then
+    frozen (already trained) -> joint_ft on 1 node x 2 processes (torchrun --standalone).
+    """
     exp = setup["root"] / "chained"
-    finished(phase2(setup, exp, "--nproc", "2", "--runs", "frozen joint_ft", overrides=SMALL_RUNS))
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [phase2(setup, exp, "--nnodes", "2", "--rdzv_endpoint", endpoint, "--runs", "frozen",
+                    overrides=SMALL_RUNS) for _ in range(2)]
+    for node in nodes:
+        finished(node)
+    out = finished(phase2(setup, exp, "--nproc", "2", "--runs", "frozen joint_ft", overrides=SMALL_RUNS))
+    assert "frozen already trained" in out
     return exp
 
 
+def test_two_nodes_meet_in_one_process_group(chained: Path) -> None:
+    log_lines = (chained / "wespeaker" / "frozen" / "train.log").read_text()
+    assert log_lines.count("this gpu 0") == 2                                 # local rank 0 on each node
+    assert "epoch iteration number: 3" in log_lines                           # world size 2, not two groups of 1
+    assert sorted(p.name for p in (chained / "wespeaker" / "frozen" / "models").iterdir()) == \
+        ["avg_model.pt", "final_model.pt", "model_1.pt"]
+
+
 def test_two_processes_are_one_group_with_the_global_batch_split(chained: Path) -> None:
-    run = chained / "wespeaker" / "frozen"
+    run = chained / "wespeaker" / "joint_ft"
     log_lines = (run / "train.log").read_text()
     # WeSpeaker logs "this gpu <local rank>" only when WORLD_SIZE > 1: both ranks, in one group
     assert "this gpu 0" in log_lines and "this gpu 1" in log_lines
@@ -389,17 +407,3 @@ def test_chained_run_starts_from_the_previous_runs_head(setup, chained: Path, mo
                               global_batch_size=8, model_init=str(model_0))
     assert not torch.equal(fresh["state"]["projection.weight"], frozen_end["projection.weight"])
 
-
-def test_two_nodes_meet_in_one_process_group(setup) -> None:
-    """--nnodes 2 --rdzv_endpoint: the same command on each node (as train.sbatch), one group, one exp dir."""
-    exp = setup["root"] / "two_nodes"
-    endpoint = f"127.0.0.1:{free_port()}"
-    nodes = [phase2(setup, exp, "--nnodes", "2", "--rdzv_endpoint", endpoint, "--runs", "frozen",
-                    overrides=SMALL_RUNS) for _ in range(2)]
-    for node in nodes:
-        finished(node)
-    log_lines = (exp / "wespeaker" / "frozen" / "train.log").read_text()
-    assert log_lines.count("this gpu 0") == 2                                 # local rank 0 on each node
-    assert "epoch iteration number: 3" in log_lines                           # world size 2, not two groups of 1
-    assert sorted(p.name for p in (exp / "wespeaker" / "frozen" / "models").iterdir()) == \
-        ["avg_model.pt", "final_model.pt", "model_1.pt"]
