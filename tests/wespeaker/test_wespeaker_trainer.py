@@ -8,14 +8,13 @@ model embeds like the WeSpeaker model.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch
@@ -88,16 +87,6 @@ def data_args(setup: dict, exp_dir: Path) -> dict[str, str]:
     """The top-level overrides tools/wespeaker_phase2.sh gives every run (WeSpeaker's own ``--key value``)."""
     return {"exp_dir": str(exp_dir), "train_data": str(setup["dev"] / "raw.list"),
             "train_label": str(setup["dev"] / "utt2spk"), "data_type": "raw", "ssl_init": str(setup["student"])}
-
-
-@contextlib.contextmanager
-def one_process_group() -> Iterator[None]:
-    """A gloo group of this process alone (DistributedDataParallel needs one), gone afterwards."""
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 class _Entered(Exception):
