@@ -160,7 +160,8 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     wespeaker)  # the three runs of WeSpeaker's WavLM recipe, then avg_model.pt for stages 5-8
       [ "$init" != none ] || init=$pretrained
       run bash "$root/tools/wespeaker_phase2.sh" --conf_dir "$conf/wespeaker" --train_data "$data/$train_set" \
-        --init "$init" --exp_dir "$exp/finetune" --nproc "$nproc" --cpu "$([ "$device" = cpu ] && echo true || echo auto)" ;;
+        --init "$init" --exp_dir "$exp/finetune" --device "$device" \
+        --nproc "$nproc" --nnodes "$nnodes" ${rdzv_endpoint:+--rdzv_endpoint "$rdzv_endpoint"} ;;
     *) echo "run.sh: --phase2_trainer must be nawsv or wespeaker, got '$phase2_trainer'" >&2; exit 1 ;;
   esac
 fi

@@ -15,10 +15,12 @@ import torch.nn.functional as F
 
 from nawsv.integrations.wespeaker.modules import (NawsvAAMProjection, NawsvEcapaTdnn, NawsvHalfCosineLR,
                                                   NawsvSSLFrontend, build_projection, class_weights_in_label_order)
-from nawsv.integrations.wespeaker.registry import prepare_config
+from nawsv.integrations.wespeaker.registry import nawsv_ecapa_tdnn, prepare_config
+from nawsv.integrations.wespeaker.runs import DONE, checkpoint_for
+from nawsv.integrations.wespeaker.train import device_list, split_batch
 from nawsv.models.config import SSLConfig, num_frames
 from nawsv.models.ssl import build_student, build_student_from_state, load_encoder_state, save_encoder
-from nawsv.utils.errors import ConfigError
+from nawsv.utils.errors import ConfigError, ExperimentError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -135,7 +137,7 @@ def test_half_cosine_scheduler_spans_the_three_runs() -> None:
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.Adam([param], lr=1.0)
     scheduler = NawsvHalfCosineLR(optimizer, num_epochs=5, epoch_iter=4, initial_lr=5e-5, final_lr=5e-7,
-                                  total_epochs=27, epoch_offset=20, scale_ratio=0.375)
+                                  total_epochs=27, epoch_offset=20, scale_ratio=0.375, base_batch_size=24)
 
     def paper(epoch: int) -> float:
         return 5e-7 + 0.5 * (5e-5 - 5e-7) * (1 + math.cos(math.pi * epoch / 27))
@@ -145,6 +147,12 @@ def test_half_cosine_scheduler_spans_the_three_runs() -> None:
         assert scheduler.get_lr() == pytest.approx(paper(epoch), rel=1e-12)
         assert optimizer.param_groups[0]["lr"] == scheduler.get_lr()
     assert paper(20) == pytest.approx(8.3e-6, rel=0.01)                                  # spec table, epoch 20
+    doubled = NawsvHalfCosineLR(optimizer, num_epochs=5, epoch_iter=4, initial_lr=5e-5, final_lr=5e-7,
+                                total_epochs=27, epoch_offset=20, scale_ratio=0.75, base_batch_size=24)
+    assert doubled.get_lr() == pytest.approx(2 * paper(20), rel=1e-12)    # global batch 48: WeSpeaker's linear rule
+    wespeaker_base = NawsvHalfCosineLR(optimizer, num_epochs=5, epoch_iter=4, initial_lr=5e-5, final_lr=5e-7,
+                                       total_epochs=27, epoch_offset=20, scale_ratio=0.375)
+    assert wespeaker_base.get_lr() == pytest.approx(0.375 * paper(20), rel=1e-12)     # LRs given for batch 64
     with pytest.raises(ConfigError, match="exceeds total_epochs"):
         NawsvHalfCosineLR(optimizer, num_epochs=8, epoch_iter=4, initial_lr=5e-5, final_lr=5e-7, total_epochs=27,
                           epoch_offset=20)
@@ -184,9 +192,66 @@ def test_prepare_config_fills_and_checks(student_file: Path) -> None:
 
 def test_core_and_contracts_import_neither_wespeaker_nor_torchaudio() -> None:
     code = ("import sys, nawsv.api, nawsv.bin.train, nawsv.bin.extract, nawsv.bin.score, "
-            "nawsv.integrations.wespeaker.modules, nawsv.integrations.wespeaker.registry; "
+            "nawsv.integrations.wespeaker.modules, nawsv.integrations.wespeaker.registry, "
+            "nawsv.integrations.wespeaker.train, nawsv.integrations.wespeaker.runs, "
+            "nawsv.integrations.wespeaker.cpu_shim; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('wespeaker', 'torchaudio', 's3prl')); "
             "print(bad); sys.exit(bool(bad))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                           env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("nproc", [1, 2, 4, 8])
+def test_launcher_gives_each_local_process_a_gpu_and_a_share_of_the_global_batch(nproc: int) -> None:
+    gpus = device_list(None, nproc)
+    assert [int(gpus[local_rank]) for local_rank in range(nproc)] == list(range(nproc))    # WeSpeaker's indexing
+    assert device_list("[4,5,6,7,0,1,2,3]", nproc) == [4, 5, 6, 7, 0, 1, 2, 3]             # its run.sh's --gpus form
+    for world_size in (nproc, 2 * nproc):                                                   # one node, two nodes
+        configs = {"global_batch_size": 48, "dataloader_args": {"num_workers": 1}}
+        split_batch(configs, world_size)
+        assert configs["dataloader_args"]["batch_size"] * world_size == 48                 # scale_ratio 48/64 always
+
+
+def test_launcher_refuses_what_wespeaker_would_misread() -> None:
+    with pytest.raises(ConfigError, match=r"gpus \[0, 1, 2, 3\] names 4 device\(s\) for 8 processes"):
+        device_list("[0,1,2,3]", 8)
+    with pytest.raises(ConfigError, match="not divisible by the 5 processes"):
+        split_batch({"global_batch_size": 24}, 5)
+    with pytest.raises(ConfigError, match="keep global_batch_size only"):
+        split_batch({"global_batch_size": 24, "dataloader_args": {"batch_size": 6}}, 4)
+    plain = {"dataloader_args": {"batch_size": 6}}            # a WeSpeaker config of its own: per process, unchanged
+    split_batch(plain, 4)
+    assert plain["dataloader_args"]["batch_size"] == 6
+
+
+def test_sync_batchnorm_with_nccl_as_nawsv_and_plain_batchnorm_on_cpus(monkeypatch) -> None:
+    import torch.distributed as dist
+
+    args = {"feat_dim": 16, "embed_dim": 8, "channels": 16, "num_hidden_states": 3}
+    kinds = lambda model: {type(m).__name__ for m in model.modules() if "BatchNorm" in type(m).__name__}  # noqa: E731
+    assert kinds(nawsv_ecapa_tdnn(**args)) == {"BatchNorm1d"}                     # one process
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 4)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "gloo")
+    assert kinds(nawsv_ecapa_tdnn(**args)) == {"BatchNorm1d"}                     # CPUs (the shim): no CPU kernel
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    assert kinds(nawsv_ecapa_tdnn(**args)) == {"SyncBatchNorm"}
+
+
+def test_a_run_that_died_before_its_first_save_restarts_and_others_resume(tmp_path: Path) -> None:
+    run = tmp_path / "frozen"
+    (run / "models").mkdir(parents=True)                      # what WeSpeaker's rank 0 leaves before epoch 1 ends
+    assert checkpoint_for(run) is None and not (run / "models").exists()
+    (run / "models").mkdir()
+    for epoch in (2, 10, 9):
+        (run / "models" / f"model_{epoch}.pt").write_bytes(b"x")
+    assert checkpoint_for(run) == str((run / "models" / "model_10.pt").absolute())
+    (run / "models" / "final_model.pt").symlink_to("model_10.pt")
+    assert checkpoint_for(run) == DONE
+    odd = tmp_path / "odd"
+    (odd / "models").mkdir(parents=True)
+    (odd / "models" / "notes.txt").write_text("mine")
+    with pytest.raises(ExperimentError, match="notes.txt.*move it away"):
+        checkpoint_for(odd)
+    assert (odd / "models" / "notes.txt").read_text() == "mine"

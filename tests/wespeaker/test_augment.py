@@ -131,7 +131,7 @@ def test_concurrent_builds_make_the_bank_once(banks, tmp_path, caplog):
 def test_command_line_prints_the_trainer_options(banks):
     proc = run_module("nawsv.integrations.wespeaker.augment", "--musan", str(banks["musan_train"]),
                       "--rirs", str(banks["rirs"]), check=True)
-    assert proc.stdout.split() == ["--noise_data", str(banks["noise_data"]), "--reverb_data", str(banks["reverb_data"])]
+    assert proc.stdout.splitlines() == ["--noise_data", str(banks["noise_data"]), "--reverb_data", str(banks["reverb_data"])]
 
 
 @pytest.mark.parametrize("protocol", [

@@ -20,7 +20,7 @@ seeds (``set_seed``) and DataLoader re-seeds per worker; given the same crop and
 bit-identical to nawsv's stage-4 augmentation on the stage-1 bank (tests/wespeaker/test_augment.py).
 
     python -m nawsv.integrations.wespeaker.augment --musan data/musan_train --rirs data/rirs
-prints ``--noise_data <musan>/lmdb --reverb_data <rirs>/lmdb`` for WeSpeaker's trainer (rerun: a no-op).
+prints ``--noise_data <musan>/lmdb --reverb_data <rirs>/lmdb`` (one word a line) for WeSpeaker's trainer (rerun: a no-op).
 """
 from __future__ import annotations
 
@@ -296,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rirs", type=Path, required=True, help="stage-1 RIR bank (data/rirs)")
     args = parser.parse_args(argv)
     noise, reverb = build_lmdb(args.musan), build_lmdb(args.rirs)
-    print(f"--noise_data {noise} --reverb_data {reverb}")
+    for word in ("--noise_data", noise, "--reverb_data", reverb):     # one per line: paths may hold spaces
+        print(word)
 
 
 if __name__ == "__main__":

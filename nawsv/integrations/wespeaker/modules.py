@@ -79,7 +79,7 @@ class NawsvSSLFrontend(nn.Module):
         self.frozen = bool(frozen)
         self.ssl.requires_grad_(not self.frozen)
         self.ssl.train(not self.frozen)
-        self.generator = torch.Generator()
+        self.generator = torch.Generator()       # on the CPU whatever the device: masks as nawsv draws them
         self.reseed(int(seed) + int(os.environ.get("RANK", 0)))
 
     @property
@@ -100,8 +100,6 @@ class NawsvSSLFrontend(nn.Module):
         return self
 
     def forward(self, wavs: torch.Tensor, wavs_len: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.generator.device != wavs.device:
-            self.generator = torch.Generator(device=wavs.device).manual_seed(self.generator.initial_seed())
         if self.frozen:
             with torch.no_grad():
                 hidden = self.ssl(wavs)
@@ -207,13 +205,14 @@ class NawsvHalfCosineLR:
     """WeSpeaker scheduler ``NawsvHalfCosineLR``: nawsv's per-epoch half cosine, over a span of several runs.
 
     WeSpeaker splits phase 2 into runs (frozen, joint, large margin); ``epoch_offset`` and ``total_epochs`` place
-    this run on the one 27-epoch cosine of the paper. The paper's LR is absolute: WeSpeaker's batch-size
-    ``scale_ratio`` is accepted and ignored.
+    this run on the one 27-epoch cosine of the paper. ``initial_lr``/``final_lr`` are the LRs at a global batch of
+    ``base_batch_size``; WeSpeaker's ``scale_ratio`` (global batch / 64) scales them linearly from there, as its
+    own schedulers do, so the paper's 5e-5 at its batch 24 is written as is with ``base_batch_size: 24``.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, num_epochs: int, epoch_iter: int, initial_lr: float,
                  final_lr: float, total_epochs: int | None = None, epoch_offset: int = 0,
-                 scale_ratio: float = 1.0) -> None:
+                 scale_ratio: float = 1.0, base_batch_size: int = 64) -> None:
         if epoch_iter < 1:
             raise ConfigError(f"epoch_iter is {epoch_iter}: the training list is smaller than one batch")
         self.optimizer = optimizer
@@ -223,8 +222,9 @@ class NawsvHalfCosineLR:
         if self.epoch_offset < 0 or self.epoch_offset + num_epochs > self.total_epochs:
             raise ConfigError(f"scheduler_args: epoch_offset {epoch_offset} + num_epochs {num_epochs} exceeds "
                               f"total_epochs {self.total_epochs}")
-        self.initial_lr = float(initial_lr)
-        self.final_lr = float(final_lr)
+        self.lr_scale = float(scale_ratio) * 64 / int(base_batch_size)      # = global batch / base_batch_size
+        self.initial_lr = float(initial_lr) * self.lr_scale
+        self.final_lr = float(final_lr) * self.lr_scale
         self.current_lr = self.initial_lr
         self.step(0)
 

@@ -17,8 +17,24 @@ from nawsv.integrations.wespeaker.modules import (NawsvEcapaTdnn, NawsvHalfCosin
                                                   build_projection)
 from nawsv.utils.errors import ConfigError
 
+
+def nawsv_ecapa_tdnn(**model_args: Any) -> NawsvEcapaTdnn:
+    """``NAWSV_ECAPA_TDNN``, with SyncBatchNorm where nawsv's trainer uses it: several processes on GPUs.
+
+    WeSpeaker builds the model after ``init_process_group`` (NCCL on GPUs) and before ``model.cuda()``; on CPUs
+    (gloo: the CPU shim) BatchNorm stays per process, as in nawsv, since SyncBatchNorm has no CPU kernel.
+    """
+    import torch
+    import torch.distributed as dist
+
+    model = NawsvEcapaTdnn(**model_args)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and dist.get_backend() == "nccl":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
 FRONTENDS: dict[str, type] = {"nawsv_ssl": NawsvSSLFrontend}
-MODELS: dict[str, type] = {"NAWSV_ECAPA_TDNN": NawsvEcapaTdnn}
+MODELS: dict[str, Callable[..., Any]] = {"NAWSV_ECAPA_TDNN": nawsv_ecapa_tdnn}
 PROJECTIONS: dict[str, Callable[[dict[str, Any]], Any]] = {"nawsv_aam_intertopk": build_projection}
 SCHEDULERS: dict[str, type] = {"NawsvHalfCosineLR": NawsvHalfCosineLR}
 _KINDS = {"front-end (dataset_args.frontend)": FRONTENDS, "model": MODELS,
