@@ -14,6 +14,8 @@ Opening a data directory writes the arrays next to its list once (``raw.list.ind
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import logging
@@ -34,8 +36,10 @@ log = logging.getLogger(__name__)
 
 LIST_TYPES = ("raw", "shard")
 INDEX_VERSION = 1              # bump when the cached index layout changes
-# raw.list lines as nawsv and WeSpeaker write them; other spellings (escapes, field order) go through json
-_RAW_LINE = re.compile(r'\{"key": "([^"\\]*)", "wav": "([^"\\]*)", "spk": "([^"\\]*)"\}')
+# raw.list lines as nawsv writes them; other spellings (escapes, field order, CR) go through json line by line
+_RAW_LINE = re.compile(r'\{"key": "([^"\\\r\n]*)", "wav": "([^"\\\r\n]*)", "spk": "([^"\\\r\n]*)"\}')
+_RAW_LINES = re.compile(f"^{_RAW_LINE.pattern}$", re.MULTILINE)
+_TABLE_LINES = re.compile(r"^(\S+)[ \t]+(\S+)[ \t]*$", re.MULTILINE)      # "key value" (utt2dur)
 
 
 class PackedStrings(Sequence[str]):
@@ -47,10 +51,13 @@ class PackedStrings(Sequence[str]):
 
     @classmethod
     def from_strings(cls, strings: Iterable[str]) -> "PackedStrings":
-        encoded = [s.encode("utf-8") for s in strings]
-        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=offsets[1:])
-        return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets)
+        strings = list(strings)
+        data = "".join(strings).encode("utf-8")
+        if len(data) != sum(map(len, strings)):                   # not ASCII: byte lengths differ from lengths
+            strings = [s.encode("utf-8") for s in strings]
+        offsets = np.zeros(len(strings) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, strings), dtype=np.int64, count=len(strings)), out=offsets[1:])
+        return cls(np.frombuffer(data, dtype=np.uint8), offsets)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -112,9 +119,13 @@ class _RawAudio:
             split = [p.rpartition("/") for p in paths]
             heads = [d + s for d, s, _ in split]
             tails = PackedStrings.from_strings(name for _, _, name in split)
-        table: dict[str, int] = {}
-        head = np.fromiter((table.setdefault(h, len(table)) for h in heads), dtype=np.int32, count=len(heads))
-        return cls(PackedStrings.from_strings(table), head, tails)
+        distinct = sorted(set(heads))
+        if len(distinct) == 1:
+            head = np.zeros(len(heads), dtype=np.int32)
+        else:
+            number = {h: i for i, h in enumerate(distinct)}
+            head = np.fromiter(map(number.__getitem__, heads), dtype=np.int32, count=len(heads))
+        return cls(PackedStrings.from_strings(distinct), head, tails)
 
     def path(self, index: int, keys: PackedStrings) -> str:
         tail = keys[index] if self.tails is None else self.tails[index]
@@ -202,15 +213,21 @@ class UtteranceStore:
     @classmethod
     def from_raw_list(cls, path: str | Path, utt2dur: str | Path | None = None) -> "UtteranceStore":
         """Read a raw.list (and the lengths from ``utt2dur`` when given)."""
-        keys, wavs, speakers = _parse_raw_list(Path(path))
-        speaker_ids, labels = _labels(speakers)
-        lengths = None if utt2dur is None else _lengths_from_utt2dur(Path(utt2dur), keys, Path(path))
-        return cls._of(PackedStrings.from_strings(keys), labels, speaker_ids, str(path),
-                       _RawAudio.from_paths(keys, wavs), lengths)
+        with _gc_paused():
+            keys, wavs, speakers = _parse_raw_list(Path(path))
+            speaker_ids, labels = _labels(speakers)
+            lengths = None if utt2dur is None else _lengths_from_utt2dur(Path(utt2dur), keys, Path(path))
+            return cls._of(PackedStrings.from_strings(keys), labels, speaker_ids, str(path),
+                           _RawAudio.from_paths(keys, wavs), lengths)
 
     @classmethod
     def from_shard_list(cls, path: str | Path, utt2dur: str | Path | None = None) -> "UtteranceStore":
         """Index the tar members of every shard of a shard.list (headers only)."""
+        with _gc_paused():
+            return cls._index_shards(Path(path), utt2dur)
+
+    @classmethod
+    def _index_shards(cls, path: Path, utt2dur: str | Path | None) -> "UtteranceStore":
         keys: list[str] = []
         speakers: list[str] = []
         members: dict[str, tuple[str, int, int]] = {}
@@ -322,6 +339,19 @@ def fit_window(samples: np.ndarray, start: int, length: int) -> np.ndarray:
     return samples[start:start + length]
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a million small objects are made: each collection would walk them
+    all again (it tripled the parse time of a VoxCeleb2 list); they hold no cycles."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _shard_audio(members: Sequence[tuple[str, int, int]]) -> _ShardAudio:
     table: dict[str, int] = {}
     shard = np.fromiter((table.setdefault(m[0], len(table)) for m in members), dtype=np.int32, count=len(members))
@@ -336,9 +366,33 @@ def _labels(speakers: Sequence[str]) -> tuple[list[str], np.ndarray]:
     return speaker_ids, np.fromiter((index[s] for s in speakers), dtype=np.int32, count=len(speakers))
 
 
+def _text(path: Path) -> str | None:
+    """The file as UTF-8 text, or None when it cannot be read (the careful reader then names the problem)."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _line_count(text: str) -> int:
+    return text.count("\n") + (not text.endswith("\n"))
+
+
 def _parse_raw_list(path: Path) -> tuple[list[str], list[str], list[str]]:
-    """(keys, wavs, speakers) of a raw.list; a list with any problem is re-read by
-    :func:`nawsv.data.lists.read_raw_list`, whose error names the file and line."""
+    """(keys, wavs, speakers) of a raw.list: one regular-expression pass when every line is spelt as nawsv
+    writes it, else line by line; a list with any problem is re-read by :func:`nawsv.data.lists.read_raw_list`,
+    whose error names the file and line."""
+    text = _text(path)
+    if text and "\r" not in text:
+        rows = _RAW_LINES.findall(text)
+        if len(rows) == _line_count(text):
+            keys = [row[0] for row in rows]
+            if len(set(keys)) == len(keys):
+                return keys, [row[1] for row in rows], [row[2] for row in rows]
+    return _parse_raw_lines(path)
+
+
+def _parse_raw_lines(path: Path) -> tuple[list[str], list[str], list[str]]:
     if not path.is_file():
         read_raw_list(path)
     keys: list[str] = []
@@ -366,18 +420,42 @@ def _parse_raw_list(path: Path) -> tuple[list[str], list[str], list[str]]:
     return keys, wavs, speakers
 
 
+def _read_durations(utt2dur: Path) -> tuple[list[str], list[str]]:
+    """(keys, values) of utt2dur; anything but two fields on every line goes to the careful table reader."""
+    text = _text(utt2dur)
+    if text and "\r" not in text:
+        rows = _TABLE_LINES.findall(text)
+        if len(rows) == _line_count(text):
+            keys = [row[0] for row in rows]
+            if len(set(keys)) == len(keys):
+                return keys, [row[1] for row in rows]
+    table = read_table(utt2dur)
+    return list(table), list(table.values())
+
+
 def _lengths_from_utt2dur(utt2dur: Path, keys: Sequence[str], list_path: Path) -> np.ndarray:
-    durations = read_table(utt2dur)
-    lengths = np.empty(len(keys), dtype=np.int32)
-    for i, key in enumerate(keys):
-        value = durations.get(key)
-        if value is None:
-            raise DataError(f"{utt2dur}: no duration for utterance {key!r} of {list_path}; rerun stage 1")
-        try:
-            lengths[i] = round(float(value) * SAMPLE_RATE)
-        except ValueError:
-            raise DataError(f"{utt2dur}: duration of {key!r} is not a number: {value!r}") from None
-    return lengths
+    """Samples at 16 kHz of every utterance of the list, from utt2dur (in the list's order)."""
+    dur_keys, values = _read_durations(utt2dur)
+    if dur_keys != keys:
+        table = dict(zip(dur_keys, values))
+        missing = next((key for key in keys if key not in table), None)
+        if missing is not None:
+            raise DataError(f"{utt2dur}: no duration for utterance {missing!r} of {list_path}; rerun stage 1")
+        dur_keys, values = keys, [table[key] for key in keys]
+    try:
+        seconds = np.array(values, dtype=np.float64)
+    except ValueError:
+        key, value = next((k, v) for k, v in zip(dur_keys, values) if not _is_number(v))
+        raise DataError(f"{utt2dur}: duration of {key!r} is not a number: {value!r}") from None
+    return np.rint(seconds * SAMPLE_RATE).astype(np.int32)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _fingerprint(list_path: Path, utt2dur: Path | None, list_type: str) -> str:
