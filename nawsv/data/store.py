@@ -294,15 +294,22 @@ class UtteranceStore:
         if self.lengths is not None:
             return int(self.lengths[index])
         if isinstance(self._audio, _RawAudio):
-            info = audio_info(self._audio.path(index, self.keys), self.keys[index])
+            info = audio_info(self.location(index), self.keys[index])
             return int(info.frames * SAMPLE_RATE / info.sample_rate)
         return len(self.read(index))
+
+    def location(self, index: int) -> str:
+        """Where the utterance's audio lies: its file, or ``<shard>@<byte offset>``."""
+        if isinstance(self._audio, _RawAudio):
+            return self._audio.path(index, self.keys)
+        shard, offset, _ = self._audio.member(index)
+        return f"{shard}@{offset}"
 
     def read(self, index: int) -> np.ndarray:
         """The whole utterance."""
         key = self.keys[index]
         if isinstance(self._audio, _RawAudio):
-            return load_audio(self._audio.path(index, self.keys), key)
+            return load_audio(self.location(index), key)
         shard, offset, size = self._audio.member(index)
         with open(shard, "rb") as handle:
             handle.seek(offset)
@@ -321,7 +328,7 @@ class UtteranceStore:
             if total > length:
                 start = int(rng.integers(0, total - length + 1))
                 key = self.keys[index]
-                crop = load_audio(self._audio.path(index, self.keys), key, start=start, num_samples=length)
+                crop = load_audio(self.location(index), key, start=start, num_samples=length)
                 return crop if len(crop) == length else fit_window(self.read(index), start, length)
             return wrap_to_length(self.read(index), length)
         samples = self.read(index)
