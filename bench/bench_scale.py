@@ -1,8 +1,9 @@
 """Real-size cost: stage 1, the training store and its DataLoader workers at VoxCeleb2 size, stage 5/6 at Vox1-H.
 
 Workload: a VoxCeleb2-dev-size tree (1,092,009 utterances of 5,994 speakers, about 7 per video) of hard links to
-eight short synthetic wavs, built in a temporary folder under /tmp (about a minute; hard links cost inodes, not
-disk). ``--fraction F`` scales every size (``--quick``: 0.01). Parts (``python -m bench scale:store`` etc.):
+eight short synthetic wavs (and copies of them: a file takes at most 65,000 links), built in a temporary folder
+under /tmp (about a minute; hard links cost inodes, not disk). ``--fraction F`` scales every size (``--quick``:
+0.01). Parts (``python -m bench scale:store`` etc.):
 
 - stage1: ``prepare_data speakers`` (raw lists, the shared default) on 10 % and 100 % of the tree, each in a
   fresh process: wall time and the main process's peak RSS, and the 100 %/10 % ratios (linear growth is 10x).
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +47,7 @@ VOX1H_SPEAKERS, VOX1H_UTTS, VOX1H_TRIALS = 1_910, 76, 550_894
 NOISY_CELLS = 15
 SPEAKERS_PER_BATCH, MAX_UTTS_PER_SPEAKER = 96, 500
 WORKERS = 8
+LINKS_PER_FILE = 50_000                              # ext4 allows 65,000 hard links to one file
 PARTS = ("stage1", "store", "workers", "scoring")
 
 
@@ -63,6 +66,18 @@ def _pool(folder: Path, count: int = 8) -> list[Path]:
     return paths
 
 
+def _link_source(pool: list[Path], made: int) -> Path:
+    """The pool file (or a copy of it: a file takes at most ``LINKS_PER_FILE`` hard links) for link ``made``."""
+    which = made % len(pool)
+    generation = made // (len(pool) * LINKS_PER_FILE)
+    if generation == 0:
+        return pool[which]
+    copy = pool[which].with_name(f"{pool[which].stem}_{generation}.wav")
+    if not copy.exists():
+        shutil.copyfile(pool[which], copy)
+    return copy
+
+
 def build_tree(root: Path, utterances: int, speakers: int, pool: list[Path]) -> Path:
     """``root/<speaker>/<video>/<utt>.wav`` hard links, ``utterances`` spread evenly over ``speakers``."""
     per_speaker, extra = divmod(utterances, speakers)
@@ -72,7 +87,7 @@ def build_tree(root: Path, utterances: int, speakers: int, pool: list[Path]) -> 
             video = root / f"id{10000 + s:05d}" / f"video{u // UTTS_PER_VIDEO:06d}"
             if u % UTTS_PER_VIDEO == 0:
                 video.mkdir(parents=True)
-            os.link(pool[made % len(pool)], video / f"{u % UTTS_PER_VIDEO:05d}.wav")
+            os.link(_link_source(pool, made), video / f"{u % UTTS_PER_VIDEO:05d}.wav")
             made += 1
     return root
 

@@ -189,10 +189,7 @@ class UtteranceStore:
             audio: _RawAudio | _ShardAudio = _RawAudio.from_paths(keys, [paths[k] for k in keys])
         else:
             audio = _shard_audio([members[k] for k in keys])
-        speaker_ids = sorted(set(speakers))
-        index = {spk: i for i, spk in enumerate(speaker_ids)}
-        labels = np.fromiter((index[s] for s in speakers), dtype=np.int32, count=len(speakers))
-        self._assign(packed, labels, speaker_ids, source, audio, None)
+        self._assign(packed, *_labels(speakers), source, audio, None)
 
     def _assign(self, keys: PackedStrings, labels: np.ndarray, speaker_ids: list[str], source: str,
                 audio: _RawAudio | _ShardAudio, lengths: np.ndarray | None) -> None:
