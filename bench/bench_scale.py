@@ -177,7 +177,7 @@ class _MetadataItem:
         return len(self.store)
 
 
-def _child_workers(data_dir: str, workers: int) -> dict:
+def _child_workers(data_dir: str, workers: int, max_batches: int | None = None) -> dict:
     from torch.utils.data import DataLoader
 
     from nawsv.data.samplers import speaker_pair_batches
@@ -186,7 +186,7 @@ def _child_workers(data_dir: str, workers: int) -> dict:
     store = UtteranceStore.from_data_dir(data_dir)
     plan = speaker_pair_batches(store.labels, _batch(store.labels), MAX_UTTS_PER_SPEAKER, 0, 0)
     batches = [[(0, step * len(batch) + i, u1, u2) for i, (u1, u2) in enumerate(batch)]
-               for step, batch in enumerate(plan)]
+               for step, batch in enumerate(plan[:max_batches])]
     del plan
     loader = DataLoader(_MetadataItem(store), batch_sampler=batches, num_workers=workers)
     first: dict[int, float] = {}
