@@ -126,10 +126,11 @@ def _child_open(data_dir: str) -> dict:
     from nawsv.data.store import UtteranceStore
 
     before = _rss_mb()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     store = UtteranceStore.from_data_dir(data_dir)
-    seconds = time.perf_counter() - start
-    return {"s": seconds, "rss_mb": _rss_mb() - before, "peak_mb": peak_rss_mb(), "utterances": len(store)}
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {"s": seconds, "cpu_s": cpu, "rss_mb": _rss_mb() - before, "peak_mb": peak_rss_mb(),
+            "utterances": len(store)}
 
 
 def _child_plan(data_dir: str) -> dict:
