@@ -263,6 +263,7 @@ def _store(data_dir: Path) -> list[Figure]:
     return [Figure(f"store open, first (parse lists, write index), {n}", cold["s"], "s"),
             Figure("store open, first: resident memory added", cold["rss_mb"], "MB"),
             Figure(f"store open, later (index), {n}", warm["s"], "s", target="<= 3 s"),
+            Figure("store open, later: CPU time", warm["cpu_s"], "s"),
             Figure("store open, later: resident memory added", warm["rss_mb"], "MB", target="<= 100 MB"),
             Figure(f"warm-up pair plan per epoch ({plan['batches']:,} batches, {plan['pairs']:,} pairs)", plan["s"],
                    "s"),
