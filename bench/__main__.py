@@ -1,4 +1,4 @@
-"""Run benchmarks: ``python -m bench`` (all), ``python -m bench prepare``, ``--quick`` for a smoke run.
+"""Run benchmarks: ``python -m bench`` (all but ``scale``), ``python -m bench prepare``, ``--quick`` for a smoke run.
 ``NAME:PART`` runs one part of a benchmark that has parts (``python -m bench scoring:bootstrap``).
 
 Each benchmark prints its figures and, where it has a reference, the ratio; results also go to
@@ -29,8 +29,9 @@ ON_REQUEST = {"scale"}           # heavy (a VoxCeleb2-size tree): run only when 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all but {', '.join(sorted(ON_REQUEST))}): "
-                                                      f"{', '.join(BENCHMARKS)}")
+    parser.add_argument("names", nargs="*",
+                        help=f"benchmarks to run (default: all but {', '.join(sorted(ON_REQUEST))}): "
+                             f"{', '.join(BENCHMARKS)}")
     parser.add_argument("--quick", action="store_true", help="smaller workloads, for a smoke test")
     parser.add_argument("--fraction", type=float, default=None,
                         help="scale: run at this fraction of the real sizes (default 1; --quick: 0.01)")
