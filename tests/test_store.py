@@ -54,6 +54,14 @@ def test_store_matches_the_raw_list(prepared: Path) -> None:
     assert store._audio.tails is None and len(store._audio.heads) == 1      # <root>/ + key for every path
 
 
+def test_store_from_python_lists() -> None:
+    speakers = ["b", "a", "b", "c"]
+    keys = [f"u{i}" for i in range(4)]
+    store = UtteranceStore(keys, speakers, "list", paths={key: f"/w/{i}.wav" for i, key in enumerate(keys)})
+    assert store.speaker_ids == ["a", "b", "c"] and store.labels.tolist() == [1, 0, 1, 2] and store.speakers == speakers
+    assert store.location(3) == "/w/3.wav" and store.lengths is None
+
+
 def test_paths_that_do_not_end_with_their_key(tmp_path: Path, prepared: Path) -> None:
     utts = read_raw_list(prepared / "raw.list")
     renamed = [Utterance(f"utt{i:03d}", u.wav, u.spk) for i, u in enumerate(utts)]

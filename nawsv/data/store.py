@@ -190,7 +190,8 @@ class UtteranceStore:
             audio: _RawAudio | _ShardAudio = _RawAudio.from_paths(keys, [paths[k] for k in keys])
         else:
             audio = _shard_audio([members[k] for k in keys])
-        self._assign(packed, *_labels(speakers), source, audio, None)
+        speaker_ids, labels = _labels(speakers)
+        self._assign(packed, labels, speaker_ids, source, audio, None)
 
     def _assign(self, keys: PackedStrings, labels: np.ndarray, speaker_ids: list[str], source: str,
                 audio: _RawAudio | _ShardAudio, lengths: np.ndarray | None) -> None:
