@@ -1,4 +1,4 @@
-"""Run benchmarks: ``python -m bench`` (all), ``python -m bench prepare``, ``--quick`` for a smoke run.
+"""Run benchmarks: ``python -m bench`` (all but ``scale``), ``python -m bench prepare``, ``--quick`` for a smoke run.
 ``NAME:PART`` runs one part of a benchmark that has parts (``python -m bench scoring:bootstrap``).
 
 Each benchmark prints its figures and, where it has a reference, the ratio; results also go to
@@ -23,20 +23,26 @@ BENCHMARKS = {
     "train": "bench.bench_train",
     "gpu": "bench.bench_gpu",
     "ddp": "bench.bench_ddp",
+    "scale": "bench.bench_scale",
 }
+ON_REQUEST = {"scale"}           # heavy (a VoxCeleb2-size tree): run only when named
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
+    parser.add_argument("names", nargs="*",
+                        help=f"benchmarks to run (default: all but {', '.join(sorted(ON_REQUEST))}): "
+                             f"{', '.join(BENCHMARKS)}")
     parser.add_argument("--quick", action="store_true", help="smaller workloads, for a smoke test")
+    parser.add_argument("--fraction", type=float, default=None,
+                        help="scale: run at this fraction of the real sizes (default 1; --quick: 0.01)")
     args = parser.parse_args(argv)
     unknown = [n for n in args.names if n.partition(":")[0] not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
     print(f"# machine: {platform.machine()} {os.cpu_count()} cpu(s), python {platform.python_version()}")
     status = 0
-    for name in args.names or list(BENCHMARKS):
+    for name in args.names or [n for n in BENCHMARKS if n not in ON_REQUEST]:
         print(f"## {name}")
         bench, _, part = name.partition(":")
         module = importlib.import_module(BENCHMARKS[bench])

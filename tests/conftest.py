@@ -75,7 +75,7 @@ def train_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("train_data")
     corpus = make_mini_corpus(root / "corpus", TRAIN_SPEC)
-    cfg = PrepareConfig(nj=1, shard_size=8)
+    cfg = PrepareConfig(nj=1, shards=True, shard_size=8)
     data = root / "data"
     prepare_speaker_set(corpus["voxceleb"] / "dev" / "wav", data / "dev", cfg)
     prepare_speaker_set(corpus["voxceleb"] / "test" / "wav", data / "test", cfg, [("O", corpus["trials"])])

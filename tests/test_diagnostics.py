@@ -92,7 +92,7 @@ def test_hold_out_takes_one_utterance_of_distinct_speakers_with_three_or_more() 
                            paths={f"{s}/{i}": "x.wav" for i, s in enumerate(speakers)})
     kept, held = hold_out(store, 2, seed=1)
     assert len(held) == 2 and len({speakers[i] for i in held}) == 2 and "b" not in {speakers[i] for i in held}
-    assert sorted(kept.keys + [store.keys[i] for i in held]) == sorted(store.keys)
+    assert sorted(list(kept.keys) + [store.keys[i] for i in held]) == sorted(store.keys)
     assert kept.speakers == [k.split("/")[0] for k in kept.keys]
     assert hold_out(store, 2, seed=1)[1] == held
     assert len(hold_out(store, 10, seed=1)[1]) == 3             # only a, c and d qualify

@@ -1,7 +1,9 @@
 """Stage 1 on the tiny synthetic corpus: Kaldi dirs, lists, shards, MUSAN parity and bad inputs."""
 import hashlib
+import logging
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,11 +12,14 @@ import soundfile as sf
 from nawsv.data.audio import decode_audio, load_audio
 from nawsv.data.kaldi import read_kaldi_dir, read_table, read_trials
 from nawsv.data.lists import iter_shard, read_raw_list, read_shard_list
-from nawsv.data.prepare import PrepareConfig, musan_split, prepare_flat_bank, prepare_musan, prepare_speaker_set
-from nawsv.utils.errors import AudioError, DataError
-from tests.conftest import run_module
+from nawsv.data.lists import shard_groups
+from nawsv.data.prepare import (PrepareConfig, musan_split, prepare_flat_bank, prepare_musan, prepare_speaker_set,
+                                shard_bytes, size_text)
+from nawsv.utils.config import load_config
+from nawsv.utils.errors import AudioError, DataError, OutputError
+from tests.conftest import ROOT, run_module
 
-CFG = PrepareConfig(nj=1, shard_size=4)
+CFG = PrepareConfig(nj=1, shards=True, shard_size=4)
 
 
 def copy_test_tree(tiny_corpus: dict[str, Path], tmp_path: Path) -> Path:
@@ -56,6 +61,41 @@ def test_shards_hold_exactly_the_raw_list(tiny_corpus: dict[str, Path], tmp_path
         assert spk == raw[key].spk
         assert audio == Path(raw[key].wav).read_bytes()
         np.testing.assert_array_equal(decode_audio(audio, key, "shard"), load_audio(raw[key].wav))
+
+
+def test_shards_are_asked_for_and_their_size_is_said_first(tiny_corpus: dict[str, Path], tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    assert load_config(PrepareConfig, ROOT / "conf" / "prepare.yaml", []).shards is False
+    wav_root = tiny_corpus["voxceleb"] / "test" / "wav"
+    prepare_speaker_set(wav_root, tmp_path / "raw_only", PrepareConfig(nj=1))
+    assert (tmp_path / "raw_only" / "raw.list").is_file()
+    assert not (tmp_path / "raw_only" / "shard.list").exists() and not (tmp_path / "raw_only" / "shards").exists()
+    with caplog.at_level(logging.INFO, logger="nawsv.data.prepare"):
+        prepare_speaker_set(wav_root, tmp_path / "sharded", CFG)
+    written = sum(p.stat().st_size for p in (tmp_path / "sharded" / "shards").iterdir())
+    said = next(r.getMessage() for r in caplog.records if "will take" in r.getMessage())
+    assert f"will take {size_text(written)} (" in said
+    groups = shard_groups(read_raw_list(tmp_path / "sharded" / "raw.list"), CFG.shard_size)
+    assert shard_bytes(groups) == written                          # the estimate is the tar size, byte for byte
+
+
+def test_shards_that_do_not_fit_are_refused_before_writing(tiny_corpus: dict[str, Path], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    wav_root = tiny_corpus["voxceleb"] / "test" / "wav"
+    out = tmp_path / "test"
+    prepare_speaker_set(wav_root, out, PrepareConfig(nj=1))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    written = []
+    monkeypatch.setattr("nawsv.data.prepare.write_shard", lambda path, utts: written.append(path))
+    monkeypatch.setattr("nawsv.data.prepare.shutil.disk_usage", lambda path: SimpleNamespace(free=5000))
+    with pytest.raises(OutputError) as error:
+        prepare_speaker_set(wav_root, out, CFG)
+    message = str(error.value)
+    need = shard_bytes(shard_groups(read_raw_list(out / "raw.list"), CFG.shard_size))
+    assert "\n" not in message and f"tar shards for {out} need {size_text(need)} but" in message
+    assert "has 5.0 kB free" in message and "shards: false" in message
+    assert not written and {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["test"]                         # no staging left behind
 
 
 def test_rerun_is_idempotent(tiny_corpus: dict[str, Path], tmp_path: Path) -> None:
@@ -179,7 +219,8 @@ def test_cli_parallel_probe_matches_serial(tiny_corpus: dict[str, Path], tmp_pat
     wav_root = tiny_corpus["voxceleb"] / "dev" / "wav"
     for nj in ("1", "2"):
         run_module("nawsv.bin.prepare_data", "speakers", "--wav_root", str(wav_root), "--out",
-                   str(tmp_path / nj), "--override", f"nj={nj}", "--override", "shard_size=2", check=True)
+                   str(tmp_path / nj), "--override", f"nj={nj}", "--override", "shards=true", "--override",
+                   "shard_size=2", check=True)
     for name in ("wav.scp", "utt2spk", "spk2utt", "utt2dur", "raw.list"):
         assert (tmp_path / "1" / name).read_bytes() == (tmp_path / "2" / name).read_bytes()
     for a, b in zip(sorted((tmp_path / "1" / "shards").iterdir()), sorted((tmp_path / "2" / "shards").iterdir())):

@@ -59,7 +59,8 @@ def test_wrap_and_crop() -> None:
 
 
 def test_store_raw_and_shard_agree(tiny_corpus: dict[str, Path], tmp_path: Path) -> None:
-    prepare_speaker_set(tiny_corpus["voxceleb"] / "dev" / "wav", tmp_path / "dev", PrepareConfig(nj=1, shard_size=5))
+    prepare_speaker_set(tiny_corpus["voxceleb"] / "dev" / "wav", tmp_path / "dev",
+                        PrepareConfig(nj=1, shards=True, shard_size=5))
     raw = UtteranceStore.from_data_dir(tmp_path / "dev", "raw")
     shard = UtteranceStore.from_data_dir(tmp_path / "dev", "shard")
     assert raw.keys == shard.keys and raw.speakers == shard.speakers

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import re
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
@@ -20,7 +21,7 @@ from nawsv.data.kaldi import (KaldiDir, Trial, is_utf8, list_value_problem, prin
                               write_kaldi_dir, write_table, write_trials)
 from nawsv.data.lists import Utterance, shard_groups, write_raw_list, write_shard
 from nawsv.utils.atomic import atomic_directory, atomic_write_text
-from nawsv.utils.errors import AudioError, ConfigError, DataError
+from nawsv.utils.errors import AudioError, ConfigError, DataError, OutputError
 from nawsv.utils.lock import sibling_lock
 from nawsv.utils.progress import progress
 
@@ -60,7 +61,7 @@ class PrepareConfig:
     """Options of stage 1 (``conf/prepare.yaml``)."""
 
     nj: int = 4                                   # processes probing audio headers and writing shards
-    shards: bool = True                           # also write tar shards + shard.list
+    shards: bool = False                          # also write tar shards + shard.list (a copy of the corpus)
     shard_size: int = 1000                        # utterances per shard
     on_bad_audio: Literal["error", "skip"] = "error"   # skip: leave unreadable/empty/short files and non-UTF-8
                                                        # names out, listed in bad_audio.txt and counted in the log
@@ -229,13 +230,58 @@ def _write_shard_job(job: tuple[str, list[Utterance]]) -> str:
     return path
 
 
+_TAR_BLOCK = 512
+_TAR_RECORD = 20 * _TAR_BLOCK                      # tarfile pads an archive to whole records
+
+
+def _tar_bytes(member_sizes: Iterable[int]) -> int:
+    """Size of a USTAR archive of members of these sizes: a header block and whole data blocks each, two zero
+    blocks at the end, padded to a whole record."""
+    blocks = sum(1 + -(-size // _TAR_BLOCK) for size in member_sizes) + 2
+    return -(-blocks * _TAR_BLOCK // _TAR_RECORD) * _TAR_RECORD
+
+
+def shard_bytes(groups: Sequence[Sequence[Utterance]]) -> int:
+    """The bytes the tar shards of ``groups`` will take (audio file sizes plus tar framing)."""
+    total = 0
+    for group in groups:
+        sizes = []
+        for utt in group:
+            try:
+                audio = os.stat(utt.wav).st_size
+            except OSError as exc:
+                raise DataError(f"utterance {utt.key!r}: cannot read {utt.wav} for sharding ({exc})") from None
+            sizes += [len(utt.spk.encode("utf-8")), audio]
+        total += _tar_bytes(sizes)
+    return total
+
+
+def check_shard_space(staging: Path, final_directory: Path, groups: Sequence[Sequence[Utterance]]) -> None:
+    """Say how large the shards will be, and refuse before writing any when the disk cannot hold them."""
+    need = shard_bytes(groups)
+    free = shutil.disk_usage(staging).free
+    log.info("%s: %d tar shards of %d utterances will take %s (%s free on its disk)", final_directory,
+             len(groups), sum(map(len, groups)), size_text(need), size_text(free))
+    if need > free:
+        raise OutputError(f"tar shards for {final_directory} need {size_text(need)} but its disk has "
+                          f"{size_text(free)} free; free space, prepare the data on a larger disk, or set "
+                          f"shards: false (raw lists only); existing outputs were left as they were")
+
+
+def size_text(count: int) -> str:
+    """``count`` bytes in words: '399.4 kB', '41.2 GB'."""
+    unit = next((u for u, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)) if count >= size), "B")
+    return f"{count / {'GB': 1e9, 'MB': 1e6, 'kB': 1e3, 'B': 1}[unit]:.1f} {unit}"
+
+
 def write_lists(directory: Path, final_directory: Path, data: KaldiDir, cfg: PrepareConfig) -> None:
-    """Write raw.list and (optionally) tar shards + shard.list for a prepared Kaldi dir."""
+    """Write raw.list and, when asked (``shards: true``), tar shards + shard.list for a prepared Kaldi dir."""
     utterances = [Utterance(k, data.wav_scp[k], data.utt2spk[k]) for k in data.wav_scp]
     write_raw_list(directory / "raw.list", utterances)
     if not cfg.shards:
         return
     groups = shard_groups(utterances, cfg.shard_size)
+    check_shard_space(directory, final_directory, groups)
     jobs = [(str(directory / "shards" / f"shards_{i:06d}.tar"), group) for i, group in enumerate(groups)]
     (directory / "shards").mkdir(parents=True, exist_ok=True)
     if cfg.nj > 1 and len(jobs) > 1:
