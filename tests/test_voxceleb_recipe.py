@@ -546,7 +546,11 @@ def test_recipe_configs_load_and_name_their_backbone(path: Path) -> None:
     assert dataclasses.replace(cfg, ssl=dataclasses.replace(cfg.ssl, preset=paper.ssl.preset)) == paper
 
 
-TINY_BASELINE = dict(TINY_FINETUNE, ssl=dict(TINY_FINETUNE["ssl"], zero_init_adapters=True))
+# One epoch per stage: these tests check that each backbone runs through every stage (the epoch schedules are
+# the tiny-model test's and tests/test_train.py's); the whole student and the SSL model still train.
+ONE_EPOCH_WARMUP = dict(TINY_WARMUP, epochs=1, adapter_only_epochs=0)
+ONE_EPOCH_FINETUNE = dict(TINY_FINETUNE, epochs=1, frozen_ssl_epochs=0, large_margin_epochs=1)
+TINY_BASELINE = dict(ONE_EPOCH_FINETUNE, ssl=dict(TINY_FINETUNE["ssl"], zero_init_adapters=True))
 
 
 @pytest.mark.slow
@@ -560,8 +564,9 @@ def test_stages_3_to_6_and_the_baseline_with_other_backbones(vox1_run, tmp_path:
     pretrained = save_arch(tmp_path / "pretrained", family, form)
     conf = tmp_path / "conf"
     conf.mkdir()
-    for name, content in ((f"vox1_{backbone}_warmup.yaml", TINY_WARMUP), (f"vox1_{backbone}_finetune.yaml",
-                          TINY_FINETUNE), ("baseline_finetune.yaml", TINY_BASELINE), ("extract.yaml", TINY_EXTRACT)):
+    for name, content in ((f"vox1_{backbone}_warmup.yaml", ONE_EPOCH_WARMUP), (f"vox1_{backbone}_finetune.yaml",
+                          ONE_EPOCH_FINETUNE), ("baseline_finetune.yaml", TINY_BASELINE),
+                          ("extract.yaml", TINY_EXTRACT)):
         (conf / name).write_text(yaml.safe_dump(content), encoding="utf-8")
     common = ("--conf", str(conf), "--device", "cpu", "--backbone", backbone, "--pretrained", str(pretrained))
     exp = tmp_path / "exp"
