@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic corpus in the real layouts, generated once per session."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import signal
@@ -10,10 +11,17 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import pytest
+# One intra-op thread for the tests and every stage they start (subprocesses inherit the environment): the
+# models here are tiny, and on a 2-core machine two OpenMP threads per process spin against each other and
+# against the other processes (a tiny forward pass took 20x the CPU time with two threads on a busy machine).
+os.environ["OMP_NUM_THREADS"] = "1"
 
-from nawsv.data.synthetic import MiniCorpusSpec, make_mini_corpus
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
+from nawsv.data.synthetic import MiniCorpusSpec, make_mini_corpus  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 ROOT = Path(__file__).resolve().parents[1]
 
 # tests/wespeaker runs WeSpeaker's trainer: only in .venv-wespeaker (tools/test.sh runs it there).
@@ -121,3 +129,39 @@ def tiny_configs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "warmup.yaml").write_text(TINY_WARMUP)
     (root / "finetune.yaml").write_text(TINY_FINETUNE)
     return {"warmup": root / "warmup.yaml", "finetune": root / "finetune.yaml"}
+
+
+def reference_warmup_argv(train_data: dict, config: Path, exp: Path) -> list[str]:
+    """Stage 3 as the shared reference runs it: 2 epochs (the first trains adapters only), a checkpoint after
+    every step, all checkpoints kept; rerun with another ``exp`` to reproduce it."""
+    return ["warmup", "--config", str(config), "--train_data", str(train_data["dev"]), "--musan",
+            str(train_data["musan_train"]), "--exp_dir", str(exp), "--device", "cpu", "--override", "epochs=2",
+            "--override", "adapter_only_epochs=1", "--override", "run.checkpoint_every_steps=1",
+            "--override", "run.keep_checkpoints=0"]
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceWarmup:
+    """A finished warm-up experiment and how long it trained after its first checkpoint (for random kills)."""
+
+    exp: Path
+    seconds_after_first_checkpoint: float
+
+
+@pytest.fixture(scope="session")
+def reference_warmup(train_data: dict, tiny_configs: dict, tmp_path_factory: pytest.TempPathFactory
+                     ) -> ReferenceWarmup:
+    """The one uninterrupted tiny warm-up (``reference_warmup_argv``) shared by every test that needs a trained
+    student: kill/resume comparisons, the freeze schedule, fine-tuning from it (read-only: copy before rerunning)."""
+    exp = tmp_path_factory.mktemp("reference_warmup") / "exp"
+    proc = subprocess.Popen([sys.executable, "-m", "nawsv.bin.train",
+                             *reference_warmup_argv(train_data, tiny_configs["warmup"], exp)],
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    first_checkpoint = exp / "checkpoints" / "step_0_1.json"
+    while not first_checkpoint.exists() and proc.poll() is None:
+        time.sleep(0.005)
+    begin = time.time()
+    stderr = proc.communicate()[1]
+    assert proc.returncode == 0, stderr[-3000:]
+    return ReferenceWarmup(exp, time.time() - begin)

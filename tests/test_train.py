@@ -13,7 +13,7 @@ import torch
 
 from nawsv.train import checkpoint as ckpt
 from nawsv.train.schedule import learning_rate
-from tests.conftest import ROOT, kill_when, run_module
+from tests.conftest import ROOT, ReferenceWarmup, kill_when, reference_warmup_argv, run_module
 
 pytestmark = pytest.mark.slow
 
@@ -42,25 +42,25 @@ def assert_same_state(a: dict, b: dict) -> None:
 
 
 @pytest.mark.parametrize("marker", ["epoch_1.json", "step_1_1.json"])
-def test_killed_warmup_resumes_bit_identical(train_data, tiny_configs, tmp_path: Path, marker: str) -> None:
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    extra = ["--override", "epochs=3", "--override", "run.checkpoint_every_steps=1"]
-    run_module("nawsv.bin.train", *warmup_args(train_data, tiny_configs["warmup"], full, *extra), check=True)
-    kill_when("nawsv.bin.train", warmup_args(train_data, tiny_configs["warmup"], killed, *extra),
-              (killed / "checkpoints" / marker).exists)
+def test_killed_warmup_resumes_bit_identical(train_data, tiny_configs, reference_warmup: ReferenceWarmup,
+                                             tmp_path: Path, marker: str) -> None:
+    full, killed = reference_warmup.exp, tmp_path / "killed"
+    argv = reference_warmup_argv(train_data, tiny_configs["warmup"], killed)
+    kill_when("nawsv.bin.train", argv, (killed / "checkpoints" / marker).exists)
     assert not (killed / "student.pt").exists()
-    proc = run_module("nawsv.bin.train", *warmup_args(train_data, tiny_configs["warmup"], killed, *extra), check=True)
+    proc = run_module("nawsv.bin.train", *argv, check=True)
     assert "resumed from" in proc.stderr
     assert_same_state(tensors(full / "student.pt", "state_dict"), tensors(killed / "student.pt", "state_dict"))
-    last = ckpt.load_checkpoint(full / "checkpoints" / "epoch_3.pt")["modules"]
-    resumed = ckpt.load_checkpoint(killed / "checkpoints" / "epoch_3.pt")["modules"]
+    last = ckpt.load_checkpoint(full / "checkpoints" / "epoch_2.pt")["modules"]
+    resumed = ckpt.load_checkpoint(killed / "checkpoints" / "epoch_2.pt")["modules"]
     for name in ("head", "eapn"):
         assert_same_state(last[name], resumed[name])
 
 
-def test_warmup_freeze_schedule_and_rerun(train_data, tiny_configs, tmp_path: Path) -> None:
+def test_warmup_freeze_schedule_and_rerun(train_data, tiny_configs, reference_warmup: ReferenceWarmup,
+                                          tmp_path: Path) -> None:
     exp = tmp_path / "warmup"
-    run_module("nawsv.bin.train", *warmup_args(train_data, tiny_configs["warmup"], exp), check=True)
+    shutil.copytree(reference_warmup.exp, exp)              # the reruns below must not touch the shared run
     from nawsv.models.config import SSLConfig
     from nawsv.models.ssl import build_student
     from nawsv.utils.config import load_config
@@ -86,18 +86,17 @@ def test_warmup_freeze_schedule_and_rerun(train_data, tiny_configs, tmp_path: Pa
     rows = read_diagnostics(exp / "diagnostics.tsv")
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and all(r["hint"] > 0 for r in rows)
     assert isinstance(SSLConfig, type)
-    again = run_module("nawsv.bin.train", *warmup_args(train_data, tiny_configs["warmup"], exp), check=True)
+    argv = reference_warmup_argv(train_data, tiny_configs["warmup"], exp)
+    again = run_module("nawsv.bin.train", *argv, check=True)
     assert "stage already finished" in again.stderr
-    changed_cfg = run_module("nawsv.bin.train", *warmup_args(train_data, tiny_configs["warmup"], exp,
-                                                             "--override", "optim.lr=0.5"))
+    changed_cfg = run_module("nawsv.bin.train", *argv, "--override", "optim.lr=0.5")
     assert changed_cfg.returncode == 2 and "optim.lr: 0.001 -> 0.5" in changed_cfg.stderr
     assert load_config(WarmupConfig, exp / "config.yaml").optim.lr == 1e-3      # the saved config is intact
 
 
-def test_finetune_freeze_margin_and_average(train_data, tiny_configs, tmp_path: Path) -> None:
-    warm = tmp_path / "warmup"
-    run_module("nawsv.bin.train", *warmup_args(train_data, tiny_configs["warmup"], warm, "--override", "epochs=1",
-                                               "--override", "adapter_only_epochs=1"), check=True)
+def test_finetune_freeze_margin_and_average(train_data, tiny_configs, reference_warmup: ReferenceWarmup,
+                                            tmp_path: Path) -> None:
+    warm = reference_warmup.exp
     exp = tmp_path / "finetune"
     run_module("nawsv.bin.train", *finetune_args(train_data, tiny_configs["finetune"], exp,
                                                  str(warm / "student.pt")), check=True)

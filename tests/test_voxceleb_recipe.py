@@ -391,6 +391,11 @@ TINY_FINETUNE = {
 
 
 TINY_EXTRACT = {"segments": {"num": 2, "seconds": 1.0}, "num_workers": 0}
+# One epoch per stage, for the runs that check that a backbone or a protocol goes through every stage (the epoch
+# schedules are tested by the tiny-model run here and by tests/test_train.py); the whole student, the SSL model
+# and the large-margin stage still train.
+ONE_EPOCH_WARMUP = dict(TINY_WARMUP, epochs=1, adapter_only_epochs=0)
+ONE_EPOCH_FINETUNE = dict(TINY_FINETUNE, epochs=1, frozen_ssl_epochs=0, large_margin_epochs=1)
 
 
 @pytest.mark.slow
@@ -468,9 +473,10 @@ def test_released_protocol_wespeaker_layout_without_nonspeech(tmp_path: Path) ->
     to_wespeaker_layout(corpora["vox1"])
     conf = tmp_path / "conf"
     conf.mkdir()
-    for name, content in (("released_vox1_wavlm_base_plus_warmup.yaml", with_released_switches("warmup", TINY_WARMUP)),
+    for name, content in (("released_vox1_wavlm_base_plus_warmup.yaml",
+                           with_released_switches("warmup", ONE_EPOCH_WARMUP)),
                           ("released_vox1_wavlm_base_plus_finetune.yaml",
-                           with_released_switches("finetune", TINY_FINETUNE)),
+                           with_released_switches("finetune", ONE_EPOCH_FINETUNE)),
                           ("extract.yaml", TINY_EXTRACT)):
         (conf / name).write_text(yaml.safe_dump(content), encoding="utf-8")
     for name in ("released_noisy.yaml", "released_score.yaml", "prepare.yaml"):
@@ -546,7 +552,7 @@ def test_recipe_configs_load_and_name_their_backbone(path: Path) -> None:
     assert dataclasses.replace(cfg, ssl=dataclasses.replace(cfg.ssl, preset=paper.ssl.preset)) == paper
 
 
-TINY_BASELINE = dict(TINY_FINETUNE, ssl=dict(TINY_FINETUNE["ssl"], zero_init_adapters=True))
+TINY_BASELINE = dict(ONE_EPOCH_FINETUNE, ssl=dict(TINY_FINETUNE["ssl"], zero_init_adapters=True))
 
 
 @pytest.mark.slow
@@ -560,8 +566,9 @@ def test_stages_3_to_6_and_the_baseline_with_other_backbones(vox1_run, tmp_path:
     pretrained = save_arch(tmp_path / "pretrained", family, form)
     conf = tmp_path / "conf"
     conf.mkdir()
-    for name, content in ((f"vox1_{backbone}_warmup.yaml", TINY_WARMUP), (f"vox1_{backbone}_finetune.yaml",
-                          TINY_FINETUNE), ("baseline_finetune.yaml", TINY_BASELINE), ("extract.yaml", TINY_EXTRACT)):
+    for name, content in ((f"vox1_{backbone}_warmup.yaml", ONE_EPOCH_WARMUP), (f"vox1_{backbone}_finetune.yaml",
+                          ONE_EPOCH_FINETUNE), ("baseline_finetune.yaml", TINY_BASELINE),
+                          ("extract.yaml", TINY_EXTRACT)):
         (conf / name).write_text(yaml.safe_dump(content), encoding="utf-8")
     common = ("--conf", str(conf), "--device", "cpu", "--backbone", backbone, "--pretrained", str(pretrained))
     exp = tmp_path / "exp"

@@ -26,7 +26,7 @@ from nawsv.scoring.synthetic import (corrupted, random_trials, speaker_structure
                                      write_utt2spk)
 from nawsv.train import checkpoint as ckpt
 from tests import conftest
-from tests.conftest import ROOT
+from tests.conftest import ROOT, ReferenceWarmup, reference_warmup_argv
 from tests.faults.conftest import cli, extract_args, noisy_args
 from tests.test_extract import write_data_dir
 
@@ -126,28 +126,8 @@ def test_stage6_killed_while_writing_resumes_identically(tmp_path: Path) -> None
 
 # ---- stage 3 ----
 
-def warmup_argv(train_data: dict, config: Path, exp: Path) -> list:
-    return ["warmup", "--config", config, "--train_data", train_data["dev"], "--musan", train_data["musan_train"],
-            "--exp_dir", exp, "--device", "cpu", "--override", "epochs=2", "--override", "adapter_only_epochs=1",
-            "--override", "run.checkpoint_every_steps=1", "--override", "run.keep_checkpoints=0"]
-
-
 def first_checkpoint(exp: Path) -> Callable[[], bool]:
     return lambda: (exp / "checkpoints" / "step_0_1.json").exists()
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(train_data: dict, tiny_configs: dict, tmp_path_factory: pytest.TempPathFactory
-                  ) -> tuple[Path, float]:
-    """The reference warm-up (2 epochs, a checkpoint after every step) and the seconds it trains after its
-    first checkpoint."""
-    exp = tmp_path_factory.mktemp("warmup_reference") / "exp"
-    proc = start("nawsv.bin.train", warmup_argv(train_data, tiny_configs["warmup"], exp))
-    while not first_checkpoint(exp)() and proc.poll() is None:
-        time.sleep(0.005)
-    begin = time.time()
-    assert proc.wait() == 0, proc.stderr.read()[-3000:]
-    return exp, time.time() - begin
 
 
 def assert_same_training(reference: Path, resumed: Path) -> None:
@@ -160,46 +140,49 @@ def assert_same_training(reference: Path, resumed: Path) -> None:
         assert all(torch.equal(last_a[module][k], last_b[module][k]) for k in last_a[module]), module
 
 
-def test_stage3_killed_mid_epoch_resumes_identically(train_data: dict, tiny_configs: dict, uninterrupted,
+def test_stage3_killed_mid_epoch_resumes_identically(train_data: dict, tiny_configs: dict,
+                                                     reference_warmup: ReferenceWarmup,
                                                      tmp_path: Path) -> None:
     exp = tmp_path / "exp"
-    argv = warmup_argv(train_data, tiny_configs["warmup"], exp)
+    argv = reference_warmup_argv(train_data, tiny_configs["warmup"], exp)
     kill_when("nawsv.bin.train", argv, lambda: (exp / "checkpoints" / "step_1_1.json").exists(), extra_delay=0.05)
     assert not (exp / "student.pt").exists()
     stderr = run("nawsv.bin.train", argv)
     assert "resumed from" in stderr
-    assert_same_training(uninterrupted[0], exp)
+    assert_same_training(reference_warmup.exp, exp)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "no_sidecar"])
 def test_stage3_half_written_checkpoint_falls_back_to_the_previous_one(train_data: dict, tiny_configs: dict,
-                                                                       uninterrupted, tmp_path: Path,
+                                                                       reference_warmup: ReferenceWarmup,
+                                                                       tmp_path: Path,
                                                                        damage: str) -> None:
     """The reference run with its end cut off (no student.pt) and its newest checkpoint damaged as by a crash
     while it was written: the rerun skips it, resumes from the previous one and ends bit-identical."""
     exp = tmp_path / "exp"
-    shutil.copytree(uninterrupted[0], exp)
+    shutil.copytree(reference_warmup.exp, exp)
     (exp / "student.pt").unlink()
     newest = exp / "checkpoints" / "epoch_2.pt"
     if damage == "truncate":
         newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 3])
     else:                                    # killed between the checkpoint and its sidecar
         newest.with_suffix(".json").unlink()
-    stderr = run("nawsv.bin.train", warmup_argv(train_data, tiny_configs["warmup"], exp))
+    stderr = run("nawsv.bin.train", reference_warmup_argv(train_data, tiny_configs["warmup"], exp))
     assert f"skipping checkpoint {newest}" in stderr
     assert f"resumed from {exp / 'checkpoints' / 'epoch_1.pt'}" in stderr
-    assert_same_training(uninterrupted[0], exp)
+    assert_same_training(reference_warmup.exp, exp)
 
 
 @pytest.mark.parametrize("attempt", [1, 2])
-def test_stage3_killed_at_a_random_point_resumes_identically(train_data: dict, tiny_configs: dict, uninterrupted,
+def test_stage3_killed_at_a_random_point_resumes_identically(train_data: dict, tiny_configs: dict,
+                                                             reference_warmup: ReferenceWarmup,
                                                              tmp_path: Path, attempt: int) -> None:
     """Killed at a random moment of a run that writes a checkpoint after every step (so the kill often lands
     inside a checkpoint write); whatever it hit, the rerun ends with the reference weights."""
-    reference, seconds = uninterrupted
+    reference, seconds = reference_warmup.exp, reference_warmup.seconds_after_first_checkpoint
     delay = random.uniform(0.0, 0.9 * seconds)
     exp = tmp_path / "exp"
-    argv = warmup_argv(train_data, tiny_configs["warmup"], exp)
+    argv = reference_warmup_argv(train_data, tiny_configs["warmup"], exp)
     proc = start("nawsv.bin.train", argv)
     while not first_checkpoint(exp)() and proc.poll() is None:
         time.sleep(0.005)
