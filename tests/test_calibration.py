@@ -54,7 +54,8 @@ def test_cllr_of_perfectly_calibrated_binary_scores_is_the_binary_entropy():
 
 
 def test_cllr_of_calibrated_gaussian_llrs_matches_its_integral():
-    """Equal-variance Gaussian LLRs with separation d are N(+-d^2/2, d^2); Cllr = E log2(1 + e^-L), L ~ N(d^2/2, d^2)."""
+    """Equal-variance Gaussian LLRs with separation d are N(+-d^2/2, d^2), so Cllr = E log2(1 + e^-L) with
+    L ~ N(d^2/2, d^2) (a one-dimensional integral, evaluated on a fine grid)."""
     scores, labels, slope, offset = gaussian_trials(1, 40000, 40000)
     d2 = slope ** 2 * 1.5 ** 2
     grid = np.linspace(-12, 12, 20001)

@@ -2,30 +2,30 @@
 
 Per utterance: the duration (``utt2dur``), the mean of its top-N cosines to the AS-norm cohort (the impostor
 mean; its own speaker excluded when it is a cohort speaker, as for calibration trials drawn from the training
-set) and an SNR estimate (:mod:`nawsv.scoring.snr`, cached in ``<exp>/quality/<set>/utt2snr``). Per trial the
-features of a variant are, in this order:
+set) and an SNR estimate (:mod:`nawsv.scoring.snr`); stage 5 writes the tables ``<exp>/quality/<set>/utt2dur`` and
+``utt2snr`` (:mod:`nawsv.extract.quality`). Per trial the features of a variant are, in this order:
 
 - ``score``: ``score``;
-- ``qmf``: ``score, log_dur_enrol, log_dur_test`` (+ ``imp_mean_enrol, imp_mean_test`` when AS-norm is on);
+- ``qmf``: ``score, log_dur_enrol, log_dur_test`` (+ ``imp_mean_enrol, imp_mean_test`` in the calibrator of the
+  asnorm method);
 - ``qmf_snr``: the ``qmf`` features + ``snr_enrol, snr_test`` (dB).
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
-import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from nawsv.data.kaldi import read_table, write_table
-from nawsv.extract.loader import iterate_audio
+from nawsv.data.kaldi import read_table
 from nawsv.scoring.asnorm import Cohort, CohortStats
-from nawsv.scoring.snr import estimate_snr
 from nawsv.utils.errors import DataError
 
-log = logging.getLogger(__name__)
+
+def quality_dir(exp_dir: Path, set_name: str) -> Path:
+    """Where stage 5 writes the quality tables (utt2dur, utt2snr) of one set."""
+    return exp_dir / "quality" / set_name
 
 
 def variant_features(variant: str, with_asnorm: bool) -> tuple[str, ...]:
@@ -95,20 +95,21 @@ def impostor_statistics(directions: np.ndarray, keys: Sequence[str], cohort: Coh
     return CohortStats(top.mean(axis=1), top.std(axis=1), top_n)
 
 
-def utterance_snrs(data_dir: Path, keys: Sequence[str], cache_dir: Path) -> dict[str, float]:
-    """SNR estimates (dB) of ``keys`` from the audio of ``data_dir``, kept in ``cache_dir/utt2snr`` so reruns
-    and other steps reuse them (recomputed when the cache lacks a key)."""
-    cache = cache_dir / "utt2snr"
-    if cache.is_file():
-        cached = {k: float(v) for k, v in read_table(cache).items()}
-        if all(k in cached for k in keys):
-            return {k: cached[k] for k in keys}
-    if not (data_dir / "wav.scp").is_file() and not (data_dir / "manifest.tsv").is_file():
-        raise DataError(f"{data_dir} holds no audio list (wav.scp or manifest.tsv): the SNR estimates of the "
-                        f"noise-aware calibration need the audio; pass the data dir of this set")
-    snrs = {key: estimate_snr(samples, key=key) for key, samples in iterate_audio(data_dir, sorted(keys), 0)}
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    write_table(cache, {k: f"{v:.3f}" for k, v in sorted(snrs.items())})
-    log.info("estimated the SNR of %d utterances of %s (median %.1f dB)", len(snrs), data_dir.name,
-             float(np.median(list(snrs.values()))) if snrs else math.nan)
-    return snrs
+def read_quality(quality_dir: Path, keys: Sequence[str], snr: bool) -> UtteranceQuality:
+    """Durations (and SNR estimates when ``snr``) of ``keys`` from ``quality_dir`` (written by stage 5's
+    ``python -m nawsv.bin.measure_quality``)."""
+    tables = {}
+    for name in ("utt2dur",) + (("utt2snr",) if snr else ()):
+        path = quality_dir / name
+        if not path.is_file():
+            raise DataError(f"{path} does not exist: QMF calibration needs it; run python -m nawsv.bin.measure_quality "
+                            f"for this set (stage 5 of run.sh does), or set calibration.variants to [score]")
+        table = read_table(path)
+        missing = [k for k in keys if k not in table]
+        if missing:
+            raise DataError(f"{path} lacks {len(missing)} utterance(s), e.g. {missing[0]!r}; rerun measure_quality")
+        try:
+            tables[name] = {k: float(table[k]) for k in keys}
+        except ValueError as exc:
+            raise DataError(f"{path}: {exc}; rerun measure_quality") from None
+    return UtteranceQuality(duration=tables["utt2dur"], snr=tables.get("utt2snr"))

@@ -14,6 +14,7 @@ import numpy as np
 
 from nawsv.data.kaldi import printable_path
 from nawsv.protocol import RECORD_NAME, read_protocol_record, summary_lines
+from nawsv.scoring.calibration_results import calibration_report_lines
 from nawsv.scoring.conditions import CLEAN
 from nawsv.scoring.config import ReportConfig, ScoreConfig
 from nawsv.scoring.metrics import EER_DESCRIPTIONS, det_curve
@@ -208,6 +209,7 @@ def _write_report(exp_dir: Path, cfg: ReportConfig, rows: list[ResultRow], score
     if panels:
         plot_eer_vs_snr(report_dir / "eer_vs_snr.png", panels, "EER (%)", cfg.dpi)
         out += ["![EER versus SNR](eer_vs_snr.png)", ""]
+        out += calibration_report_lines(exp_dir, report_dir, score_cfg, cfg.dpi)
     else:
         out += ["No noisy conditions were scored, so there is no EER-versus-SNR figure.", ""]
     for name in trial_names:
