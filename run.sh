@@ -217,8 +217,10 @@ fi
 
 if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
   echo "$(date +%T) stage 8: export -> $exp/export"
+  calibrators=()
+  [ "$calibration" = false ] || calibrators=(--calibrators "$exp/calibration/calibrators.json")
   run python -m nawsv.bin.export --model "$exp/finetune/avg_model.pt" --out_dir "$exp/export" \
-    --config "$(config extract.yaml)"
+    --config "$(config extract.yaml)" "${calibrators[@]}"
 fi
 
 if [ "$ablation" = true ] && [ "$stop_stage" -ge 3 ]; then
