@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import Figure, peak_rss_mb, timer
-from nawsv.data.kaldi import read_table, read_trials, write_trials
+from nawsv.formats.kaldi import read_table, read_trials, write_trials
 from nawsv.scoring.bootstrap import bootstrap_metrics, draws_for, trial_units
 from nawsv.scoring.asnorm import asnorm_scores, cohort_statistics, speaker_cohort, trial_rows
 from nawsv.scoring.config import BootstrapConfig

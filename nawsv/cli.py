@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _utterances(source: Path) -> Iterator[tuple[str, np.ndarray]]:
     """(key, samples) in sorted key order from a data dir or a wav.scp-style file."""
     from nawsv.data.audio import load_audio
-    from nawsv.data.kaldi import read_table
+    from nawsv.formats.kaldi import read_table
     from nawsv.data.sources import open_audio_source
 
     if source.is_dir():

@@ -9,7 +9,7 @@ import pytest
 from nawsv.bin.make_calibration_sets import main as calibration_sets_main
 from nawsv.bin.measure_quality import main as quality_main
 from nawsv.data.audio import load_audio
-from nawsv.data.kaldi import read_kaldi_dir, read_table
+from nawsv.formats.kaldi import read_kaldi_dir, read_table
 from nawsv.data.noisy_sets import read_manifest
 from nawsv.data.prepare import PrepareConfig, prepare_speaker_set
 from nawsv.utils.errors import DataError

@@ -8,7 +8,7 @@ import pytest
 
 from nawsv.bin.calibrate import main as calibrate_main
 from nawsv.bin.score import main as score_main
-from nawsv.data.kaldi import read_table, read_trials, write_table
+from nawsv.formats.kaldi import read_table, read_trials, write_table
 from nawsv.scoring.calibration_metrics import act_dcf, cllr, min_cllr
 from nawsv.scoring.calibrator import load_calibrators
 from nawsv.scoring.score_files import read_scores

@@ -9,7 +9,7 @@ import soundfile as sf
 
 from nawsv.bin.make_noisy_sets import main as noisy_main
 from nawsv.data.audio import write_audio
-from nawsv.data.kaldi import read_table
+from nawsv.formats.kaldi import read_table
 from nawsv.data.noisy_sets import NoisySetConfig, make_noisy_sets, read_manifest
 from nawsv.data.prepare import PrepareConfig, prepare_speaker_set
 from nawsv.data.sources import ManifestSource, WavScpSource, open_audio_source

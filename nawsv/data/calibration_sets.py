@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from nawsv.data.kaldi import KaldiDir, read_kaldi_dir, write_kaldi_dir
+from nawsv.formats.kaldi import KaldiDir, read_kaldi_dir, write_kaldi_dir
 from nawsv.data.noisy_sets import NoisySetConfig, make_noisy_sets
 from nawsv.utils.atomic import atomic_write_text
 from nawsv.utils.errors import DataError

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from nawsv.data.audio import SAMPLE_RATE
-from nawsv.data.kaldi import read_table, write_table
+from nawsv.formats.kaldi import read_table, write_table
 from nawsv.data.sources import open_audio_source
 from nawsv.extract.loader import iterate_audio
 from nawsv.scoring.snr import estimate_snr

@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from nawsv.data.kaldi import Trial, read_table, write_trials
+from nawsv.formats.kaldi import Trial, read_table, write_trials
 from nawsv.scoring.asnorm import effective_top_n
 from nawsv.scoring.calibration_eval import CALIBRATORS_NAME, calibration_dir
 from nawsv.scoring.calibrator import Calibrator, fit_calibrator, save_calibrators

@@ -18,7 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from nawsv.data.kaldi import read_table
+from nawsv.formats.kaldi import read_table
 from nawsv.scoring.asnorm import Cohort, CohortStats
 from nawsv.utils.errors import DataError
 

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nawsv.data.kaldi import printable_path
+from nawsv.formats.kaldi import printable_path
 from nawsv.protocol import RECORD_NAME, read_protocol_record, summary_lines
 from nawsv.scoring.calibration_results import calibration_report_lines
 from nawsv.scoring.conditions import CLEAN
@@ -25,7 +25,7 @@ from nawsv.scoring.results import GridLayout, ResultRow, cells_phrase, mean_of, 
 from nawsv.scoring.score_files import read_scores
 from nawsv.scoring.stage import score_path
 from nawsv.scoring.warmup_report import warmup_section
-from nawsv.train.dev_metrics import read_dev_metrics
+from nawsv.formats.dev_metrics import read_dev_metrics
 from nawsv.utils.atomic import atomic_write_text
 from nawsv.utils.config import config_from_dict, read_yaml
 from nawsv.utils.lock import directory_lock

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from nawsv.data.kaldi import Trial, printable_path, read_table, read_trials, write_table
+from nawsv.formats.kaldi import Trial, printable_path, read_table, read_trials, write_table
 from nawsv.protocol import summary_lines
 from nawsv.scoring.asnorm import (Cohort, CohortStats, asnorm_scores, cohort_statistics, effective_top_n,
                                   speaker_cohort, trial_rows)

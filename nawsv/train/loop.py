@@ -27,7 +27,7 @@ import torch
 
 from nawsv.train import checkpoint as ckpt
 from nawsv.train.dev_eval import DevEvaluator
-from nawsv.train.dev_metrics import record_dev_metrics
+from nawsv.formats.dev_metrics import record_dev_metrics
 from nawsv.train.distributed import (DistContext, all_ranks_true, average_gradients, barrier, broadcast_module_states,
                                      broadcast_object, gather_objects)
 from nawsv.train.schedule import learning_rate
