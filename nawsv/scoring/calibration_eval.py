@@ -61,11 +61,13 @@ class CalibrationCell:
 def cell_metrics(llr: np.ndarray, scores: np.ndarray, labels: np.ndarray, p_targets: Sequence[float], c_miss: float,
                  c_fa: float, min_dcf: Mapping[float, float], replicates: Replicates | None = None,
                  resamples: tuple[TrialUnits, Draws] | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Values and bootstrap draws of Cllr, minCllr, actDCF(p) and loss(p) of one cell."""
+    """Values and bootstrap draws of Cllr, minCllr, actDCF(p) and loss(p) of one cell (values also repeat
+    minDCF(p), so tables can show it beside actDCF)."""
     values = {"cllr": float(cllr(llr, labels)), "min_cllr": min_cllr(scores, labels)}
     for p in p_targets:
         values[act_column(p)] = float(act_dcf(llr, labels, p, c_miss, c_fa))
         values[loss_column(p)] = values[act_column(p)] - min_dcf[p]
+        values[f"mindcf_{p:g}"] = min_dcf[p]
     draws: dict[str, np.ndarray] = {}
     if resamples is not None and replicates is not None:
         units, all_draws = resamples
@@ -73,7 +75,8 @@ def cell_metrics(llr: np.ndarray, scores: np.ndarray, labels: np.ndarray, p_targ
         for p in p_targets:
             draws[act_column(p)] = resampled(lambda w, p=p: act_dcf(llr, labels, p, c_miss, c_fa, w), units,
                                              all_draws)
-            draws[loss_column(p)] = draws[act_column(p)] - replicates.draws(f"mindcf_{p:g}")
+            draws[f"mindcf_{p:g}"] = replicates.draws(f"mindcf_{p:g}")
+            draws[loss_column(p)] = draws[act_column(p)] - draws[f"mindcf_{p:g}"]
     return values, draws
 
 

@@ -105,10 +105,6 @@ def calibration_markdown(cells: Sequence[CalibrationCell], cfg: ScoreConfig, inf
             columns = [(f"mindcf_{p:g}", f"minDCF({p:g})") for p in p_targets]
             columns += [(act_column(p), f"actDCF({p:g})") for p in p_targets]
             columns += [("cllr", "Cllr"), ("min_cllr", "minCllr")]
-            for cells_ in clean.values():
-                for cell in cells_:
-                    cell.values.update({f"mindcf_{p:g}": cell.values[act_column(p)] - cell.values[loss_column(p)]
-                                        for p in p_targets})
             out += [f"### Trials {name}: clean, `{cfg.clean_method}` scoring", ""] + _table(clean, columns, confidence)
             out += [""]
         if noisy:
