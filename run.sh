@@ -42,6 +42,8 @@ finetune_config=finetune.yaml  # stage-4 config (same lookup)
 noisy_config=noisy.yaml        # stage-2 config (same lookup)
 score_config=score.yaml        # stage-6 config (same lookup)
 phase2_trainer=nawsv    # stage 4: nawsv's trainer, or wespeaker (WeSpeaker's own, configs in $conf/wespeaker/)
+calibration=true        # stages 2, 5, 6: training-set calibration sets, their embeddings and SNR/duration tables,
+                        #   calibrators (score only, QMF, noise-aware QMF), Cllr and actual DCF in the results
 dev_set=                # optional held-out dev set (with trials/) scored after every training epoch, for monitoring
 device=auto             # auto | cpu | cuda
 nproc=1                 # training processes per node (GPUs); > 1 launches torchrun
@@ -62,7 +64,7 @@ Stages: 1 data preparation, 2 noisy test sets, 3 NAW-SV warm-up, 4 fine-tuning, 
   7 report, 8 export. --ablation true adds the baseline (stages 3-7) and a comparison table."
 parse_options_names="recipe stage stop_stage data exp conf nj train_set test_sets materialize_noisy noisy_test_sets
   noisy_dir job num_jobs merge array_first pretrained skip_warmup warmup_config finetune_config noisy_config
-  score_config dev_set device nproc nnodes rdzv_endpoint python dry_run ablation baseline_exp compare_dir phase2_trainer
+  score_config calibration dev_set device nproc nnodes rdzv_endpoint python dry_run ablation baseline_exp compare_dir phase2_trainer
   $recipe_options $recipe_switches"
 . "$root/tools/parse_options.sh"
 [ $# -eq 0 ] || { echo "run.sh: unexpected argument '$1' (options are --name value)" >&2; exit 1; }
@@ -72,6 +74,7 @@ fi
 baseline_exp=${baseline_exp:-$(dirname "$exp")/baseline}
 compare_dir=${compare_dir:-$(dirname "$exp")/compare}
 noisy_root=$data${noisy_dir:+/$noisy_dir}
+calib_set=${train_set}_calib
 
 if [ -z "$python" ]; then
   python=$root/.venv/bin/python
@@ -136,6 +139,11 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
       --materialize "$materialize_noisy" --nj "$nj" --job "$job" --num_jobs "$num_jobs" --merge "$merge" \
       --array_first "$array_first"
   done
+  if [ "$calibration" = true ] && [ "$job" -eq 0 ] && [ "$merge" = false ]; then
+    echo "$(date +%T) stage 2: calibration sets from $train_set -> $data/$calib_set[_<category>_<snr>]"
+    run python -m nawsv.bin.make_calibration_sets --config "$(config "$score_config")" --train_data "$data/$train_set" \
+      --musan "$data/musan_train" --out_root "$data" --name "$calib_set" --materialize "$materialize_noisy" --nj "$nj"
+  fi
 fi
 
 if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
@@ -176,11 +184,17 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   sets=($test_sets)
   noisy_sets=()
   for set in ${noisy_test_sets:-$test_sets}; do noisy_sets+=("${set}_*_*"); done   # stage-2 <set>_<cat>_<snr>
+  [ "$calibration" = false ] || sets+=("$calib_set" "${calib_set}_*_*")
   if [ "$noisy_root" = "$data" ]; then
     run python -m nawsv.bin.extract "${extract_args[@]}" --sets "${sets[@]}" "${noisy_sets[@]}"
   else
     run python -m nawsv.bin.extract "${extract_args[@]}" --sets "${sets[@]}"
     run python -m nawsv.bin.extract "${extract_args[@]}" --data_root "$noisy_root" --sets "${noisy_sets[@]}"
+  fi
+  if [ "$calibration" = true ] && { [ "$num_jobs" -eq 1 ] || [ "$merge" = true ]; }; then
+    echo "$(date +%T) stage 5: SNR estimates and durations -> $exp/quality/<set>"
+    run python -m nawsv.bin.measure_quality --data_root "$data" --sets "${sets[@]}" --out_root "$exp/quality"
+    run python -m nawsv.bin.measure_quality --data_root "$noisy_root" --sets "${noisy_sets[@]}" --out_root "$exp/quality"
   fi
 fi
 
@@ -188,6 +202,11 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
   echo "$(date +%T) stage 6: scoring -> $exp/results.md"
   score_sets=()
   for set in $test_sets; do score_sets+=(--test_set "$set"); done
+  if [ "$calibration" = true ]; then
+    echo "$(date +%T) stage 6: calibrators on $calib_set trials -> $exp/calibration"
+    run python -m nawsv.bin.calibrate --config "$(config "$score_config")" --exp_dir "$exp" --data_dir "$data" \
+      --calib_set "$calib_set" "${score_sets[@]}" --cohort_set "$train_set"
+  fi
   run python -m nawsv.bin.score --config "$(config "$score_config")" --exp_dir "$exp" --data_dir "$data" \
     "${score_sets[@]}" --cohort_set "$train_set"
 fi
@@ -199,8 +218,10 @@ fi
 
 if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
   echo "$(date +%T) stage 8: export -> $exp/export"
+  calibrators=()
+  [ "$calibration" = false ] || calibrators=(--calibrators "$exp/calibration/calibrators.json")
   run python -m nawsv.bin.export --model "$exp/finetune/avg_model.pt" --out_dir "$exp/export" \
-    --config "$(config extract.yaml)"
+    --config "$(config extract.yaml)" "${calibrators[@]}"
 fi
 
 if [ "$ablation" = true ] && [ "$stop_stage" -ge 3 ]; then

@@ -18,7 +18,7 @@ import numpy as np
 from bench.common import Figure, timer
 from nawsv.data.audio import load_audio, write_audio
 from nawsv.data.augment import AugmentConfig, Augmenter
-from nawsv.data.kaldi import KaldiDir, write_kaldi_dir, write_table
+from nawsv.formats.kaldi import KaldiDir, write_kaldi_dir, write_table
 from nawsv.data.noise_bank import NoiseBank
 from nawsv.data.noisy_sets import NoisySetConfig, make_noisy_sets
 from nawsv.data.sources import open_audio_source

@@ -281,7 +281,7 @@ def _workers(data_dir: Path, workers: int) -> list[Figure]:
 
 
 def _scoring(tmp: Path, fraction: float) -> list[Figure]:
-    from nawsv.data.kaldi import write_trials
+    from nawsv.formats.kaldi import write_trials
     from nawsv.extract.arkio import write_ark_scp
     from nawsv.scoring.synthetic import corrupted, random_trials, speaker_structured_set, write_utt2spk
     from nawsv.utils.seeding import rng_for

@@ -27,7 +27,7 @@ from bench.common import Figure, peak_rss_mb, timer
 from typing import Sequence
 
 from bench.previous_bootstrap import previous_bootstrap
-from nawsv.data.kaldi import read_table, read_trials, write_table, write_trials
+from nawsv.formats.kaldi import read_table, read_trials, write_table, write_trials
 from nawsv.scoring.asnorm import asnorm_scores, cohort_statistics, speaker_cohort, trial_rows
 from nawsv.scoring.bootstrap import bootstrap_metrics, draws_for, percentile_interval, trial_units
 from nawsv.scoring.config import BootstrapConfig, ScoreConfig

@@ -3,13 +3,20 @@
     from nawsv import Verifier
     verifier = Verifier("exp/nawsv/export")            # or .../finetune/avg_model.pt, or .../finetune
     score = verifier.score("enrol.wav", "test.wav")    # cosine of whole-utterance embeddings
-    decision = score >= threshold
+    result = verifier.verify("enrol.wav", "test.wav")  # score, calibrated LLR and a decision (export dirs
+    result.llr, result.accept                          # that carry a calibrator; else both None)
+
+Decisions are made at an operating point (P_target, C_miss, C_fa): accept when the LLR reaches the Bayes
+threshold log(C_fa (1 - P_target) / (C_miss P_target)). The LLR comes from the calibrator that stage 8 copies
+into the export package (``calibration.json``), fitted on training-set trials with the quality measures it
+names (durations and SNR estimates of both recordings are measured here from the audio).
 
 Embeddings are cut and computed exactly as stage 5 writes them (:mod:`nawsv.extract.segments`), so scores
 match ``python -m nawsv.bin.score`` on the same audio.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Literal, Union
@@ -20,6 +27,10 @@ import torch
 from nawsv.data.audio import SAMPLE_RATE, load_audio, resample
 from nawsv.extract.config import ExtractConfig, SegmentOptions, WholeOptions
 from nawsv.extract.embedder import Embedder, resolve_device
+from nawsv.scoring.calibration_metrics import bayes_threshold
+from nawsv.scoring.calibrator import Calibrator
+from nawsv.scoring.quality import UtteranceQuality, trial_features
+from nawsv.scoring.snr import estimate_snr
 from nawsv.utils.errors import AudioError, ExperimentError
 
 log = logging.getLogger(__name__)
@@ -80,29 +91,66 @@ def as_samples(audio: Audio, sample_rate: int | None = None) -> np.ndarray:
     return samples
 
 
+@dataclasses.dataclass(frozen=True)
+class OperatingPoint:
+    """The prior and costs a decision is made for; accept when the LLR reaches :attr:`threshold`."""
+
+    p_target: float = 0.01
+    c_miss: float = 1.0
+    c_fa: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.p_target < 1.0 or self.c_miss <= 0 or self.c_fa <= 0:
+            raise ValueError(f"operating point needs 0 < p_target < 1 and positive costs, got {self}")
+
+    @property
+    def threshold(self) -> float:
+        return bayes_threshold(self.p_target, self.c_miss, self.c_fa)
+
+
+@dataclasses.dataclass(frozen=True)
+class Verification:
+    """One trial: its score; with a calibrator, the LLR, the operating point and the decision (else None)."""
+
+    score: float
+    method: str
+    llr: float | None = None
+    operating_point: OperatingPoint | None = None
+    accept: bool | None = None
+    calibrator: str | None = None          # the calibration variant, e.g. qmf_snr
+
+
 class Verifier:
     """Embeds audio and scores trials with one fine-tuned NAW-SV speaker model."""
 
     sample_rate = SAMPLE_RATE
 
     def __init__(self, model: str | Path, device: str = "cpu", engine: Engine = "auto",
-                 config: ExtractConfig | None = None) -> None:
+                 config: ExtractConfig | None = None, operating_point: OperatingPoint | None = None) -> None:
         """``model``: export dir, avg_model.pt, or a finetune/experiment dir holding it.
 
         ``engine`` (export dirs only): ``torchscript`` runs model.ts, ``eager`` the model file copy; ``auto``
         picks TorchScript on the CPU and the eager model elsewhere (the trace was recorded on the CPU).
         ``config`` sets the embedding protocol; by default an export dir's recorded protocol, else stage 5's.
+        ``operating_point``: where :meth:`verify` decides; by default the one recorded with the calibrator.
         """
         if engine not in ("auto", "torchscript", "eager"):
             raise ValueError(f"unknown engine {engine!r}; choose from auto, torchscript, eager")
         kind, path = find_model(model)
         self.device = resolve_device(device)
         self.source = path
+        self.calibrators: dict[str, Calibrator] = {}
+        self.operating_point = operating_point
         protocol = config
         if kind == "export":
-            from nawsv.export.package import FILES, MODEL_NAME, read_export_config
+            from nawsv.export.package import FILES, MODEL_NAME, read_calibration_package, read_export_config
 
             exported = read_export_config(path)
+            calibration = read_calibration_package(path)
+            if calibration is not None:
+                self.calibrators = {method: Calibrator.from_dict(c, str(path / "calibration.json"))
+                                    for method, c in calibration["calibrators"].items()}
+                self.operating_point = operating_point or OperatingPoint(**calibration["operating_point"])
             protocol = protocol or _protocol_config(exported["protocol"])
             use_script = engine == "torchscript" or (engine == "auto" and self.device.type == "cpu")
             if use_script:
@@ -132,9 +180,28 @@ class Verifier:
     def score(self, enrol: Audio, test: Audio, method: ScoreMethod = "cosine") -> float:
         """``cosine`` of whole-utterance embeddings, ``segments`` (mean of N x N segment cosines) or ``full``
         (their average: the paper's clean-condition score)."""
+        return self._score(as_samples(enrol), as_samples(test), method)
+
+    def verify(self, enrol: Audio, test: Audio, method: ScoreMethod = "cosine") -> Verification:
+        """Score, calibrated LLR and decision at the operating point; without a calibrator for ``method`` (a
+        model file, or an export made without calibration) only the score, and ``llr``/``accept`` are None."""
+        a, b = as_samples(enrol), as_samples(test)
+        score = self._score(a, b, method)
+        calibrator = self.calibrators.get(method)
+        if calibrator is None:
+            return Verification(score, method)
+        sides = {"enrol": a, "test": b}
+        quality = UtteranceQuality(duration={k: v.size / SAMPLE_RATE for k, v in sides.items()},
+                                   snr={k: estimate_snr(v, SAMPLE_RATE, key=k) for k, v in sides.items()}
+                                   if any(f.startswith("snr_") for f in calibrator.features) else None)
+        llr = float(calibrator.llr(trial_features(calibrator.features, np.array([score]), [("enrol", "test")],
+                                                  quality))[0])
+        point = self.operating_point or OperatingPoint()
+        return Verification(score, method, llr, point, llr >= point.threshold, calibrator.variant)
+
+    def _score(self, a: np.ndarray, b: np.ndarray, method: ScoreMethod) -> float:
         if method not in ("cosine", "segments", "full"):
             raise ValueError(f"unknown score method {method!r}; choose from cosine, segments, full")
-        a, b = as_samples(enrol), as_samples(test)
         total = 0.0
         if method in ("cosine", "full"):
             total += cosine(self.embed(a), self.embed(b))

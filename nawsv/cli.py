@@ -1,7 +1,7 @@
 """The ``nawsv`` console command: embed audio lists to ark/scp and verify pairs of recordings.
 
     nawsv embed  MODEL  wav.scp|DATA_DIR  out.ark   [--segments true]   -> out.ark + out.scp
-    nawsv verify MODEL  enrol.wav test.wav          [--threshold 0.5]   -> "0.7312 accept"
+    nawsv verify MODEL  enrol.wav test.wav          [--p_target 0.01]   -> score, LLR, operating point, decision
     nawsv compare EXP_A EXP_B [...]                 [--out DIR]         -> one table, paired intervals
 
 MODEL is an export dir (stage 8), an avg_model.pt, or a finetune/experiment dir holding one.
@@ -42,14 +42,23 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--segments", type=str2bool, default=False,
                        help="write the N-segment embeddings (N x D matrices) instead of whole-utterance vectors")
     verify = commands.add_parser("verify", help="score one enrolment/test pair of recordings",
-                                 description="Print the score of a pair and, with --threshold, accept or reject.")
+                                 description="Print the score of a pair and, when the export package carries a "
+                                             "calibrator (stage 8 after the calibration step), its LLR, the "
+                                             "operating point and the decision (accept when the LLR reaches the "
+                                             "Bayes threshold). Without a calibrator it says so and decides only "
+                                             "with an explicit raw-score --threshold.")
     _add_model_options(verify)
     verify.add_argument("enrol", type=Path, help="enrolment recording (any soundfile format; resampled to 16 kHz)")
     verify.add_argument("test", type=Path, help="test recording")
     verify.add_argument("--method", choices=("cosine", "segments", "full"), default="cosine",
                         help="cosine of whole-utterance embeddings, mean segment-pair cosine, or their average")
     verify.add_argument("--threshold", type=float,
-                        help="decision threshold: print accept when score >= threshold, else reject")
+                        help="raw-score threshold (uncalibrated): decide accept when score >= threshold instead of "
+                             "at the calibrated operating point")
+    verify.add_argument("--p_target", type=float, help="operating point: prior of a target trial (default: the "
+                                                         "package's, recorded at calibration)")
+    verify.add_argument("--c_miss", type=float, default=1.0, help="operating point: cost of a miss")
+    verify.add_argument("--c_fa", type=float, default=1.0, help="operating point: cost of a false alarm")
     from nawsv.bin.compare import add_compare_arguments
 
     compare = commands.add_parser("compare", help="compare experiments in one table with paired bootstrap intervals",
@@ -61,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _utterances(source: Path) -> Iterator[tuple[str, np.ndarray]]:
     """(key, samples) in sorted key order from a data dir or a wav.scp-style file."""
     from nawsv.data.audio import load_audio
-    from nawsv.data.kaldi import read_wav_scp
+    from nawsv.formats.kaldi import read_wav_scp
     from nawsv.data.sources import open_audio_source
 
     if source.is_dir():
@@ -90,11 +99,33 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from nawsv.api import Verifier
+    """Lines ``score``, ``llr``, ``operating_point``, ``decision``: each ``name value ...`` (``-`` when absent)."""
+    from nawsv.api import OperatingPoint, Verifier
 
-    score = Verifier(args.model, device=args.device).score(args.enrol, args.test, method=args.method)
-    decision = "" if args.threshold is None else (" accept" if score >= args.threshold else " reject")
-    print(f"{score:.6f}{decision}")
+    point = None
+    if args.p_target is not None:
+        try:
+            point = OperatingPoint(args.p_target, args.c_miss, args.c_fa)
+        except ValueError as exc:
+            raise DataError(f"--p_target/--c_miss/--c_fa: {exc}") from None
+    result = Verifier(args.model, device=args.device, operating_point=point).verify(args.enrol, args.test,
+                                                                                   method=args.method)
+    print(f"score {result.score:.6f} ({args.method})")
+    if args.threshold is not None:
+        print("llr - (not used: deciding on the raw score)")
+        print(f"operating_point - (raw-score threshold {args.threshold:g}, uncalibrated)")
+        print(f"decision {'accept' if result.score >= args.threshold else 'reject'}")
+    elif result.llr is None:
+        print(f"llr - (no calibrator for {args.method} in {args.model}: export after the calibration step, "
+              f"python -m nawsv.bin.export --calibrators <exp>/calibration/calibrators.json)")
+        print("operating_point -")
+        print("decision - (no decision without a calibrator; --threshold decides on the raw score)")
+    else:
+        op = result.operating_point
+        print(f"llr {result.llr:.4f} (calibrator {result.calibrator})")
+        print(f"operating_point p_target={op.p_target:g} c_miss={op.c_miss:g} c_fa={op.c_fa:g} "
+              f"(Bayes threshold on the LLR {op.threshold:.4f})")
+        print(f"decision {'accept' if result.accept else 'reject'}")
     return 0
 
 

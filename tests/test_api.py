@@ -115,8 +115,8 @@ def test_console_command(exp_dir: Path, data_dir: Path, tmp_path: Path, capsys: 
     expected = verifier.score(a, b)
     proc = run_module("nawsv.cli", "verify", str(exp_dir / "export"), str(a), str(b), "--threshold",
                       str(expected - 0.01), check=True)
-    score, decision = proc.stdout.split()
-    assert float(score) == pytest.approx(expected, abs=1e-5) and decision == "accept"
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    assert float(lines["score"].split()[0]) == pytest.approx(expected, abs=1e-5) and lines["decision"] == "accept"
 
     listing = tmp_path / "list.scp"                      # in-process from here on: a wav.scp-style list as input
     shutil.copy(data_dir / "wav.scp", listing)
@@ -126,10 +126,57 @@ def test_console_command(exp_dir: Path, data_dir: Path, tmp_path: Path, capsys: 
     assert list(segments) == sorted(k for k, _ in UTTS) and all(m.shape == (5, 16) for m in segments.values())
     capsys.readouterr()
     assert cli_main(["verify", str(exp_dir / "finetune"), str(a), str(b), "--threshold", str(expected + 0.01)]) == 0
-    assert capsys.readouterr().out.split()[1] == "reject"
+    assert "decision reject" in capsys.readouterr().out.splitlines()
     assert cli_main(["verify", str(exp_dir / "export"), str(a), str(tmp_path / "missing.wav")]) == 2
     assert "missing.wav" in capsys.readouterr().err
     for argv, text in (([], "embed"), (["verify"], "--threshold"), (["embed"], "--segments")):
         with pytest.raises(SystemExit):
             cli_main([*argv, "--help"])
         assert text in capsys.readouterr().out
+
+
+def write_calibrators(path: Path, slope: float) -> None:
+    """Hand-made qmf_snr calibrators of the three API methods (as the calibration step would write them)."""
+    from nawsv.scoring.calibrator import Calibrator, save_calibrators
+
+    names = ("score", "log_dur_enrol", "log_dur_test", "snr_enrol", "snr_test")
+    calibrator = Calibrator(names, (slope, 0.5, -0.25, 0.01, 0.02), -3.0, 0.05, "qmf_snr")
+    save_calibrators(path, {m: {"qmf_snr": calibrator} for m in ("cosine", "segment", "full", "asnorm")},
+                     {"decision_variant": "qmf_snr", "p_target": 0.05})
+
+
+def test_calibrated_package_gives_llrs_and_decisions(exp_dir: Path, data_dir: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    from nawsv.api import OperatingPoint
+    from nawsv.export.package import read_export_config
+    from nawsv.scoring.snr import estimate_snr
+
+    write_calibrators(tmp_path / "calibrators.json", slope=10.0)
+    export = tmp_path / "export"
+    export_model(exp_dir / "finetune" / "avg_model.pt", export, calibrators=tmp_path / "calibrators.json")
+    a, b = wav_path(data_dir, "s1/a"), wav_path(data_dir, "s2/c")
+    verifier = Verifier(export)
+    result = verifier.verify(a, b)
+    audio_a, audio_b = load_audio(a), load_audio(b)
+    expected = (10.0 * result.score + 0.5 * np.log(audio_a.size / 16000) - 0.25 * np.log(audio_b.size / 16000)
+                + 0.01 * estimate_snr(audio_a) + 0.02 * estimate_snr(audio_b) - 3.0)
+    assert result.llr == pytest.approx(expected, abs=1e-9)
+    assert result.operating_point == OperatingPoint(0.05, 1.0, 1.0)       # recorded at calibration
+    assert result.accept == (expected >= np.log(0.95 / 0.05)) and result.calibrator == "qmf_snr"
+    strict = Verifier(export, operating_point=OperatingPoint(0.001)).verify(a, b)
+    assert strict.llr == pytest.approx(expected) and strict.accept == (expected >= np.log(0.999 / 0.001))
+    assert cli_main(["verify", str(export), str(a), str(b), "--p_target", "0.3"]) == 0
+    lines = dict(line.split(" ", 1) for line in capsys.readouterr().out.splitlines())
+    assert float(lines["llr"].split()[0]) == pytest.approx(expected, abs=1e-4)
+    assert lines["operating_point"].startswith("p_target=0.3 c_miss=1 c_fa=1")
+    assert lines["decision"] == ("accept" if expected >= np.log(0.7 / 0.3) else "reject")
+    # a new calibration rebuilds the package; no calibration: no decision, and the CLI says why
+    write_calibrators(tmp_path / "calibrators.json", slope=-10.0)
+    export_model(exp_dir / "finetune" / "avg_model.pt", export, calibrators=tmp_path / "calibrators.json")
+    assert Verifier(export).verify(a, b).llr == pytest.approx(expected - 20.0 * result.score, abs=1e-9)
+    assert read_export_config(export)["calibration_sha256"]
+    uncalibrated = Verifier(exp_dir / "export").verify(a, b)
+    assert uncalibrated.llr is None and uncalibrated.accept is None
+    assert cli_main(["verify", str(exp_dir / "export"), str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "no calibrator" in out and "decision - (no decision without a calibrator" in out

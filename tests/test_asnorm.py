@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nawsv.data.kaldi import Trial
+from nawsv.formats.kaldi import Trial
 from nawsv.scoring import asnorm
 from nawsv.scoring.asnorm import (Cohort, asnorm_scores, cohort_statistics, effective_top_n, speaker_cohort,
                                   trial_rows)

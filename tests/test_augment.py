@@ -10,7 +10,7 @@ import nawsv.data.noise_bank as noise_bank_module
 from nawsv.data.audio import write_audio
 from nawsv.data.augment import (AugmentConfig, Augmenter, SilentAudioError, mix_at_snr, reverberate, signal_power,
                                 talker_range)
-from nawsv.data.kaldi import read_table
+from nawsv.formats.kaldi import read_table
 from nawsv.data.noise_bank import NoiseBank
 from nawsv.data.prepare import PrepareConfig, prepare_flat_bank, prepare_musan
 from nawsv.data.synthetic import Session, Voice, synthesize_utterance

@@ -243,7 +243,7 @@ def test_dropped_share_sets_warning_and_interval_thresholds() -> None:
 def test_stage_6_reports_dropped_resamples_and_leaves_out_the_intervals(tmp_path) -> None:
     """A trial list whose targets all belong to one of 6 speakers: about a third of the resamples miss it."""
     from nawsv.bin.score import main as score_main
-    from nawsv.data.kaldi import Trial, read_trials, write_trials
+    from nawsv.formats.kaldi import Trial, read_trials, write_trials
     from nawsv.scoring.results import read_results_tsv
     from nawsv.utils.cli import run_main
     from tests.test_score_stage import TEST_SET, make_experiment, score_args

@@ -14,7 +14,7 @@ from nawsv.models.config import SSLConfig
 from nawsv.models.heads import WarmupHead
 from nawsv.models.ssl import build_student, build_teacher
 from nawsv.train.diagnostics import WarmupDiagnostics, hold_out
-from nawsv.train.diagnostics_record import read_diagnostics, record_diagnostics
+from nawsv.formats.diagnostics_record import read_diagnostics, record_diagnostics
 
 
 @pytest.fixture()

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nawsv.data.audio import load_audio, write_audio
-from nawsv.data.kaldi import write_table
+from nawsv.formats.kaldi import write_table
 from nawsv.data.noisy_sets import NoisySetConfig, make_noisy_sets
 from nawsv.data.prepare import PrepareConfig, prepare_speaker_set
 from nawsv.extract.config import ExtractConfig

@@ -5,8 +5,8 @@ import kaldiio
 import numpy as np
 import pytest
 
-from nawsv.data.kaldi import (KaldiDir, Trial, check_trials_covered, read_kaldi_dir, read_table, read_trials,
-                              read_wav_scp, utt2spk_to_spk2utt, write_kaldi_dir, write_table, write_trials)
+from nawsv.formats.kaldi import (KaldiDir, Trial, check_trials_covered, read_kaldi_dir, read_table, read_trials,
+                                 read_wav_scp, utt2spk_to_spk2utt, write_kaldi_dir, write_table, write_trials)
 from nawsv.utils.errors import DataError
 
 

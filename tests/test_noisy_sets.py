@@ -9,7 +9,7 @@ import soundfile as sf
 
 from nawsv.bin.make_noisy_sets import main as noisy_main
 from nawsv.data.audio import write_audio
-from nawsv.data.kaldi import read_table
+from nawsv.formats.kaldi import read_table
 from nawsv.data.noisy_sets import NoisySetConfig, make_noisy_sets, read_manifest
 from nawsv.data.prepare import PrepareConfig, prepare_speaker_set
 from nawsv.data.sources import ManifestSource, WavScpSource, open_audio_source
@@ -248,7 +248,7 @@ def test_corpus_and_data_paths_with_spaces_go_through_stages_1_and_2(tiny_corpus
     """wav.scp is read as Kaldi reads it (key, then the rest of the line) by every reader: the clean set, the
     noise bank and the materialised noisy set all name files under folders with spaces, and the noisy audio
     read through its wav.scp equals the same mix made on the fly from the manifest."""
-    from nawsv.data.kaldi import read_kaldi_dir, read_wav_scp
+    from nawsv.formats.kaldi import read_kaldi_dir, read_wav_scp
     from nawsv.data.noise_bank import NoiseBank
     from nawsv.data.prepare import prepare_musan
 

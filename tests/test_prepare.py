@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from nawsv.data.audio import decode_audio, load_audio
-from nawsv.data.kaldi import read_kaldi_dir, read_table, read_trials
+from nawsv.formats.kaldi import read_kaldi_dir, read_table, read_trials
 from nawsv.data.lists import iter_shard, read_raw_list, read_shard_list
 from nawsv.data.lists import shard_groups
 from nawsv.data.prepare import (PrepareConfig, musan_split, prepare_flat_bank, prepare_musan, prepare_speaker_set,

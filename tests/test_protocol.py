@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from nawsv.data.audio import load_audio, write_audio
-from nawsv.data.kaldi import write_table
+from nawsv.formats.kaldi import write_table
 from nawsv.data.noise_chunks import ChunkedNoiseBank
 from nawsv.data.noise_bank import NoiseBank
 from nawsv.data.noisy_sets import NoisySetConfig, make_noisy_sets, read_condition, read_manifest
@@ -140,7 +140,7 @@ def test_released_stage2_with_chunks_floor_and_clipping(tiny_corpus: dict[str, P
 
 def test_best_test_epoch_is_a_separate_labelled_line(tmp_path: Path) -> None:
     from nawsv.scoring.report import best_test_epoch_line
-    from nawsv.train.dev_metrics import read_dev_metrics, record_dev_metrics
+    from nawsv.formats.dev_metrics import read_dev_metrics, record_dev_metrics
 
     finetune = tmp_path / "finetune"
     finetune.mkdir()

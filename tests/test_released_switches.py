@@ -11,7 +11,7 @@ from scipy import interpolate, optimize
 
 from nawsv.data.audio import write_audio
 from nawsv.data.augment import AugmentConfig, Augmenter, draw_noise, mix_at_snr, reverberate
-from nawsv.data.kaldi import write_table
+from nawsv.formats.kaldi import write_table
 from nawsv.data.noise_bank import NoiseBank
 from nawsv.data.noise_chunks import ChunkedNoiseBank, chunk_spans, open_noise_bank
 from nawsv.data.noisy_sets import peak_scale, to_pcm16

@@ -48,7 +48,7 @@ def test_report_cli_writes_figures_and_comparison(tmp_path: Path) -> None:
 
 
 def test_report_plots_the_warmup_diagnostics(tmp_path: Path) -> None:
-    from nawsv.train.diagnostics_record import record_diagnostics
+    from nawsv.formats.diagnostics_record import record_diagnostics
 
     exp, data = make_experiment(tmp_path, seed=6)
     run_module("nawsv.bin.score", *score_args(exp, data, "--override", "bootstrap.resamples=0"), check=True)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from nawsv.bin.score import main as score_main
-from nawsv.data.kaldi import read_trials, write_trials
+from nawsv.formats.kaldi import read_trials, write_trials
 from nawsv.scoring.synthetic import corrupted, random_trials, speaker_structured_set, write_embedding_set, write_utt2spk
 from nawsv.utils.cli import run_main
 from tests.conftest import run_module

@@ -8,7 +8,7 @@ import kaldiio
 import numpy as np
 import pytest
 
-from nawsv.data.kaldi import Trial
+from nawsv.formats.kaldi import Trial
 from nawsv.scoring.cosine import (full_scores, index_trials, pair_scores, segment_directions, trial_labels,
                                   utterance_directions)
 from nawsv.scoring.embeddings import read_matrix_scp, read_vector_scp

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from nawsv.data.audio import load_audio
-from nawsv.data.kaldi import read_table
+from nawsv.formats.kaldi import read_table
 from nawsv.data.lists import Utterance, read_raw_list, write_raw_list
 from nawsv.data.prepare import PrepareConfig, prepare_speaker_set
 from nawsv.data.store import PackedStrings, UtteranceStore, fit_window

@@ -82,7 +82,7 @@ def test_warmup_freeze_schedule_and_rerun(train_data, tiny_configs, reference_wa
     assert "optimiser re-created" in log and (exp / "tensorboard").is_dir()
     assert "diagnostics: 2 utterances of training speakers held out" in log
     assert "diagnostics before warm-up: hint" in log and "diagnostics after epoch 2: hint" in log
-    from nawsv.train.diagnostics_record import read_diagnostics
+    from nawsv.formats.diagnostics_record import read_diagnostics
     rows = read_diagnostics(exp / "diagnostics.tsv")
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2] and all(r["hint"] > 0 for r in rows)
     assert isinstance(SSLConfig, type)

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 
 from nawsv.train import checkpoint as ckpt
-from nawsv.train.dev_metrics import read_dev_metrics
+from nawsv.formats.dev_metrics import read_dev_metrics
 from nawsv.train.distributed import DistContext
 from nawsv.train.loop import OptimConfig, RunConfig, Trainer, autocast_dtype
 from nawsv.utils.errors import DataError, ExperimentError

@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from nawsv.data.audio import load_audio, write_audio
-from nawsv.data.kaldi import KaldiDir, read_kaldi_dir, read_table, read_trials
+from nawsv.formats.kaldi import KaldiDir, read_kaldi_dir, read_table, read_trials
 from nawsv.data.m4a import convert_tree, decoder_problem
 from nawsv.data.prepare import (KNOWN_SETS, PrepareConfig, check_known_size,
                                 prepare_speaker_set)

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out_dir", type=Path, required=True, help="export dir, e.g. exp/<name>/export")
     parser.add_argument("--format", choices=sorted(FORMATS), default="torchscript",
                         help="what to export (onnx and both need: pip install -e '.[onnx]')")
+    parser.add_argument("--calibrators", type=Path,
+                        help="the experiment's calibration/calibrators.json: the package then carries the decision "
+                             "calibrator, so the API and `nawsv verify` return LLRs and decisions")
     add_config_options(parser, "stage-5 YAML (conf/extract.yaml) whose segment protocol is recorded in config.yaml",
                        "segments.num=3")
     add_common_options(parser)
@@ -41,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     cfg = load_config(ExtractConfig, args.config, args.override)
-    config = export_model(args.model, args.out_dir, args.format, cfg)
+    config = export_model(args.model, args.out_dir, args.format, cfg, args.calibrators)
     log.info("export package: %s", config.parent)
     return 0
 

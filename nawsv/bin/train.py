@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.task == "finetune" and args.init != "none" and not Path(args.init).is_file():
         raise ExperimentError(f"--init {args.init}: the warm-up student does not exist; run the warm-up stage (3) "
                               f"first, or pass --init none for the baseline without warm-up")
-    from nawsv.data.kaldi import require_utf8_path
+    from nawsv.formats.kaldi import require_utf8_path
     from nawsv.train.distributed import cleanup, init_distributed, on_rank_zero
     from nawsv.utils.lock import directory_lock
 

@@ -14,7 +14,7 @@ import tarfile
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from nawsv.data.kaldi import text_lines
+from nawsv.formats.kaldi import text_lines
 from nawsv.utils.atomic import atomic_open
 from nawsv.utils.errors import DataError
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from nawsv.data.audio import SAMPLE_RATE, audio_info, load_audio
-from nawsv.data.kaldi import read_table, read_wav_scp
+from nawsv.formats.kaldi import read_table, read_wav_scp
 from nawsv.utils.errors import DataError
 
 

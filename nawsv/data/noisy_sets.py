@@ -53,7 +53,7 @@ import yaml
 from nawsv.data.audio import load_audio, write_audio
 from nawsv.data.augment import (ADDITIVE_CATEGORIES, Bank, add_scaled, draw_noise, mix_at_snr, replay_noise,
                                 talker_range)
-from nawsv.data.kaldi import KaldiDir, read_kaldi_dir, read_wav_scp, require_utf8_path, write_table
+from nawsv.formats.kaldi import KaldiDir, read_kaldi_dir, read_wav_scp, require_utf8_path, write_table
 from nawsv.data.noise_chunks import open_noise_bank
 from nawsv.protocol import write_stage_record
 from nawsv.utils.atomic import atomic_open, atomic_write_bytes, atomic_write_text, sweep_stale_temporaries

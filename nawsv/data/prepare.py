@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
 from nawsv.data.audio import SAMPLE_RATE, AudioInfo, audio_info
-from nawsv.data.kaldi import (KaldiDir, Trial, is_utf8, list_value_problem, printable_path, read_trials,
+from nawsv.formats.kaldi import (KaldiDir, Trial, is_utf8, list_value_problem, printable_path, read_trials,
                               write_kaldi_dir, write_table, write_trials)
 from nawsv.data.lists import Utterance, shard_groups, write_raw_list, write_shard
 from nawsv.utils.atomic import atomic_directory, atomic_write_text

@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from nawsv.data.audio import load_audio
-from nawsv.data.kaldi import read_wav_scp
+from nawsv.formats.kaldi import read_wav_scp
 from nawsv.data.noise_chunks import open_noise_bank
 from nawsv.data.noisy_sets import (CONDITION_NAME, MANIFEST_NAME, pcm16_to_float, read_condition, read_manifest,
                                    render)

@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from nawsv.data.audio import SAMPLE_RATE, audio_info, decode_audio, load_audio
-from nawsv.data.kaldi import read_table, text_lines
+from nawsv.formats.kaldi import read_table, text_lines
 from nawsv.data.lists import read_raw_list, read_shard_list
 from nawsv.utils.atomic import atomic_open
 from nawsv.utils.errors import DataError, NawsvError

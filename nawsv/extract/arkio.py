@@ -12,7 +12,7 @@ from typing import Iterable, Iterator, Sequence
 import kaldiio
 import numpy as np
 
-from nawsv.data.kaldi import text_lines
+from nawsv.formats.kaldi import text_lines
 from nawsv.utils.atomic import atomic_open, atomic_write_text
 from nawsv.utils.errors import DataError
 

@@ -22,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nawsv.data.kaldi import require_utf8_path
+from nawsv.formats.kaldi import require_utf8_path
 from nawsv.data.sources import AudioSource, open_audio_source
 from nawsv.extract import stamp as stamps
 from nawsv.extract.arkio import read_ark, read_scp, write_ark, write_ark_scp

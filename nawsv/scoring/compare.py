@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from nawsv.data.kaldi import printable_path, read_table
+from nawsv.formats.kaldi import printable_path, read_table
 from nawsv.scoring.bootstrap import (Replicates, bootstrap_metrics, draws_for, mean_draws, paired_difference,
                                      percentile_interval, trial_units)
 from nawsv.scoring.conditions import CLEAN, parse_condition

@@ -40,6 +40,47 @@ class BootstrapConfig:
         return self.resamples > 0
 
 
+CALIBRATION_VARIANTS = ("score", "qmf", "qmf_snr")
+
+
+@dataclasses.dataclass
+class CalibrationConfig:
+    """Calibration of scores to LLRs on trials drawn from the training set (nawsv.scoring.calibration_stage).
+
+    The calibration sets are ``utts_per_speaker`` utterances of every training speaker, clean and corrupted with
+    the training half of MUSAN at every (category, SNR) here; trials pair utterances within one condition."""
+
+    enabled: bool = True
+    variants: list[str] = dataclasses.field(default_factory=lambda: list(CALIBRATION_VARIANTS))
+    decision_variant: str = "qmf_snr"   # the calibrator the export package and the Verifier decide with
+    p_fit: float = 0.05                 # effective target prior of the weighted logistic regression
+    p_target: float = 0.01              # the default operating point of decisions (Verifier, nawsv verify)
+    seed: int = 0
+    utts_per_speaker: int = 4
+    max_target_trials: int = 20000      # per condition (all same-speaker pairs when fewer)
+    max_nontarget_trials: int = 50000   # per condition, drawn uniformly from the different-speaker pairs
+    categories: list[str] = dataclasses.field(default_factory=lambda: ["noise", "music", "babble"])
+    snrs: list[int] = dataclasses.field(default_factory=lambda: [0, 5, 10, 15, 20])
+    babble_talkers: tuple[int, int] = (3, 6)
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variants if v not in CALIBRATION_VARIANTS]
+        if unknown or not self.variants or len(set(self.variants)) != len(self.variants):
+            raise ValueError(f"calibration.variants must be distinct values of {list(CALIBRATION_VARIANTS)}, got "
+                             f"{self.variants}")
+        if self.decision_variant not in self.variants:
+            raise ValueError(f"calibration.decision_variant {self.decision_variant!r} must be one of variants "
+                             f"{self.variants}")
+        for key in ("p_fit", "p_target"):
+            if not 0.0 < getattr(self, key) < 1.0:
+                raise ValueError(f"calibration.{key} must be in (0, 1), got {getattr(self, key)}")
+        if self.utts_per_speaker < 2:
+            raise ValueError(f"calibration.utts_per_speaker must be >= 2 (target trials need pairs), got "
+                             f"{self.utts_per_speaker}")
+        if self.max_target_trials < 1 or self.max_nontarget_trials < 1:
+            raise ValueError("calibration.max_target_trials and max_nontarget_trials must be >= 1")
+
+
 @dataclasses.dataclass
 class ScoreConfig:
     """Options of stage 6."""
@@ -56,6 +97,7 @@ class ScoreConfig:
     noisy_method: str = "segment"      # the method of the noisy grids (the paper's noisy protocol)
     eer: Literal["sweep", "roc_interp"] = "sweep"   # roc_interp: the released code's interpolated EER (spec 5.1)
     bootstrap: BootstrapConfig = dataclasses.field(default_factory=BootstrapConfig)
+    calibration: CalibrationConfig = dataclasses.field(default_factory=CalibrationConfig)
 
     def __post_init__(self) -> None:
         if not self.methods:

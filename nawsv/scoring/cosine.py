@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nawsv.data.kaldi import Trial
+from nawsv.formats.kaldi import Trial
 from nawsv.scoring.embeddings import MatrixTable, VectorTable
 from nawsv.utils.errors import DataError
 

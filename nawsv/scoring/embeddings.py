@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-from nawsv.data.kaldi import text_lines
+from nawsv.formats.kaldi import text_lines
 from nawsv.utils.errors import DataError
 
 _GATHER_ELEMENTS = 1 << 22          # floats gathered per numpy call: bounds the temporary index arrays

@@ -12,8 +12,9 @@ from typing import Sequence
 
 import numpy as np
 
-from nawsv.data.kaldi import printable_path
+from nawsv.formats.kaldi import printable_path
 from nawsv.protocol import RECORD_NAME, read_protocol_record, summary_lines
+from nawsv.scoring.calibration_results import calibration_report_lines
 from nawsv.scoring.conditions import CLEAN
 from nawsv.scoring.config import ReportConfig, ScoreConfig
 from nawsv.scoring.metrics import EER_DESCRIPTIONS, det_curve
@@ -24,7 +25,7 @@ from nawsv.scoring.results import GridLayout, ResultRow, cells_phrase, mean_of, 
 from nawsv.scoring.score_files import read_scores
 from nawsv.scoring.stage import score_path
 from nawsv.scoring.warmup_report import warmup_section
-from nawsv.train.dev_metrics import read_dev_metrics
+from nawsv.formats.dev_metrics import read_dev_metrics
 from nawsv.utils.atomic import atomic_write_text
 from nawsv.utils.config import config_from_dict, read_yaml
 from nawsv.utils.lock import directory_lock
@@ -208,6 +209,7 @@ def _write_report(exp_dir: Path, cfg: ReportConfig, rows: list[ResultRow], score
     if panels:
         plot_eer_vs_snr(report_dir / "eer_vs_snr.png", panels, "EER (%)", cfg.dpi)
         out += ["![EER versus SNR](eer_vs_snr.png)", ""]
+        out += calibration_report_lines(exp_dir, report_dir, score_cfg, cfg.dpi)
     else:
         out += ["No noisy conditions were scored, so there is no EER-versus-SNR figure.", ""]
     for name in trial_names:

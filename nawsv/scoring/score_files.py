@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nawsv.data.kaldi import Trial, text_lines
+from nawsv.formats.kaldi import Trial, text_lines
 from nawsv.utils.atomic import atomic_open
 from nawsv.utils.errors import DataError
 

@@ -12,16 +12,19 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
-from nawsv.data.kaldi import Trial, printable_path, read_table, read_trials, write_table
+from nawsv.formats.kaldi import Trial, printable_path, read_table, read_trials, write_table
 from nawsv.protocol import summary_lines
-from nawsv.scoring.asnorm import (Cohort, asnorm_scores, cohort_statistics, effective_top_n, speaker_cohort,
-                                  trial_rows)
+from nawsv.scoring.asnorm import (Cohort, CohortStats, asnorm_scores, cohort_statistics, effective_top_n,
+                                  speaker_cohort, trial_rows)
 from nawsv.scoring.bootstrap import (Replicates, TrialUnits, bootstrap_metrics, draws_for, dropped_note,
                                      mean_draws, percentile_interval, trial_units)
+from nawsv.scoring.calibration_eval import (CALIBRATORS_NAME, CalibrationCell, LoadedCalibration, calibrated_llrs,
+                                            calibration_dir, cell_metrics, load_experiment_calibration)
+from nawsv.scoring.calibration_results import calibration_markdown, write_calibration_tsv
 from nawsv.scoring.conditions import Condition, discover_conditions
 from nawsv.scoring.config import BootstrapConfig, ScoreConfig
 from nawsv.scoring.cosine import (TrialIndex, full_scores, index_trials, pair_scores, segment_directions,
@@ -29,6 +32,7 @@ from nawsv.scoring.cosine import (TrialIndex, full_scores, index_trials, pair_sc
 from nawsv.scoring.embeddings import read_matrix_scp, read_vector_scp
 from nawsv.scoring.metrics import compute_metrics
 from nawsv.scoring.provenance import experiment_record, write_experiment_record
+from nawsv.scoring.quality import impostor_statistics, quality_dir
 from nawsv.scoring.results import Interval, MeanInterval, ResultRow, results_markdown, write_results_tsv
 from nawsv.scoring.score_files import write_scores
 from nawsv.utils.atomic import atomic_write_text
@@ -104,9 +108,20 @@ def _available_methods(cfg: ScoreConfig, has_segments: bool, condition: Conditio
     return methods
 
 
+@dataclasses.dataclass(frozen=True)
+class ConditionScores:
+    """Scores per trial list and method of one condition (trial order), and the AS-norm impostor mean of every
+    utterance the trials use (None without asnorm)."""
+
+    scores: dict[str, dict[str, np.ndarray]]
+    impostor_mean: dict[str, float] | None
+
+
 def score_condition(job: ScoreJob, cfg: ScoreConfig, condition: Condition, trial_lists: dict[str, list[Trial]],
-                    cohort: Cohort | None, top_n: int) -> dict[str, dict[str, np.ndarray]]:
-    """Scores per trial list and method for one condition (in trial order)."""
+                    cohort: Cohort | None, top_n: int, own_speaker: Mapping[str, str] | None = None
+                    ) -> ConditionScores:
+    """Score one condition. ``own_speaker`` (utterance -> speaker) leaves each utterance's own speaker out of
+    its AS-norm cohort: needed when the trials come from the cohort's training set (calibration)."""
     set_dir = job.embeddings_dir / condition.set_name
     vectors = read_vector_scp(set_dir / VECTOR_SCP)
     directions = utterance_directions(vectors)
@@ -120,7 +135,12 @@ def score_condition(job: ScoreJob, cfg: ScoreConfig, condition: Condition, trial
     if "asnorm" in methods:
         assert cohort is not None
         rows = np.unique(np.concatenate([trial_rows(i) for i in indices.values()]))
-        stats = cohort_statistics(directions, cohort, top_n, rows)
+        if own_speaker is None:
+            stats = cohort_statistics(directions, cohort, top_n, rows)
+        else:
+            own = impostor_statistics(directions[rows], [vectors.keys[r] for r in rows], cohort, top_n, own_speaker)
+            stats = CohortStats(np.full(len(vectors.keys), np.nan), np.full(len(vectors.keys), np.nan), own.top_n)
+            stats.mean[rows], stats.std[rows] = own.mean, own.std
     out: dict[str, dict[str, np.ndarray]] = {}
     for name, trials in trial_lists.items():
         cosine = pair_scores(directions, indices[name])
@@ -132,7 +152,8 @@ def score_condition(job: ScoreJob, cfg: ScoreConfig, condition: Condition, trial
         if stats is not None:
             scores["asnorm"] = asnorm_scores(cosine, indices[name], stats)
         out[name] = {m: scores[m] for m in methods}
-    return out
+    impostor = None if stats is None else {vectors.keys[r]: float(stats.mean[r]) for r in rows}
+    return ConditionScores(out, impostor)
 
 
 ScoreFile = tuple[Path, list[Trial], np.ndarray]
@@ -150,6 +171,7 @@ class SetScores:
     outputs: list[ScoreFile]
     replicates: dict[CellKey, Replicates]
     unit_tables: dict[str, dict[str, str]]       # trial list -> the utt2spk of its utterances (speaker units)
+    calibrated: list[CalibrationCell]            # calibrated metrics (empty without calibrators)
 
 
 def resample_plan(job: ScoreJob, cfg: BootstrapConfig, name: str, trials: list[Trial]
@@ -169,8 +191,9 @@ def resample_plan(job: ScoreJob, cfg: BootstrapConfig, name: str, trials: list[T
     return units, draws_for(units, cfg), utt2spk
 
 
-def score_test_set(job: ScoreJob, cfg: ScoreConfig) -> SetScores:
-    """Score one clean test set and its noisy conditions (with bootstrap replicates when enabled)."""
+def score_test_set(job: ScoreJob, cfg: ScoreConfig, calibration: LoadedCalibration | None = None) -> SetScores:
+    """Score one clean test set and its noisy conditions (with bootstrap replicates when enabled, and calibrated
+    metrics when ``calibration`` holds calibrators)."""
     if "asnorm" in cfg.methods and not job.cohort_set:
         raise ConfigError("the asnorm method needs a cohort: pass --cohort_set <training set with embeddings> "
                           "(e.g. mini_dev), or drop it with --override 'methods=[cosine,segment,full]'")
@@ -187,9 +210,10 @@ def score_test_set(job: ScoreJob, cfg: ScoreConfig) -> SetScores:
     rows: list[ResultRow] = []
     outputs: list[ScoreFile] = []
     replicates: dict[CellKey, Replicates] = {}
+    calibrated: list[CalibrationCell] = []
     for condition in conditions:
         scored = score_condition(job, cfg, condition, trial_lists, cohort, top_n)
-        for name, by_method in scored.items():
+        for name, by_method in scored.scores.items():
             for method, scores in by_method.items():
                 outputs.append((score_path(job.scores_dir, name, condition.name, method), trial_lists[name], scores))
                 if labels[name] is None:
@@ -210,12 +234,22 @@ def score_test_set(job: ScoreJob, cfg: ScoreConfig) -> SetScores:
                     eer, min_dcf, intervals, dropped = metrics.eer, metrics.min_dcf, {}, None
                 rows.append(ResultRow(name, condition.set_name, condition.name, condition.category, condition.snr,
                                       method, len(scores), eer, min_dcf, intervals, dropped))
+                if calibration is not None and method in calibration.calibrators:
+                    pairs = [(t.enrol, t.test) for t in trial_lists[name]]
+                    llrs = calibrated_llrs(calibration.calibrators[method], scores, pairs,
+                                           quality_dir(job.exp_dir, condition.set_name), scored.impostor_mean)
+                    for variant, llr in llrs.items():
+                        values, cal_draws = cell_metrics(
+                            llr, scores, labels[name], cfg.p_targets, cfg.c_miss, cfg.c_fa, min_dcf,
+                            replicates.get((name, condition.name, method)), plans[name][:2] if name in plans else None)
+                        calibrated.append(CalibrationCell(name, condition.name, condition.category, condition.snr,
+                                                          method, variant, len(scores), values, cal_draws))
         log.info("scored %s", condition.set_name)
     dropped_notes = [dropped_note(row.trials, row.resamples_dropped, cfg.bootstrap.resamples)
                      for row in {row.trials: row for row in rows if row.resamples_dropped is not None}.values()]
     notes = _notes(job, top_n, cohort) + _not_built(job, cfg, conditions) + [n for n in dropped_notes if n]
     return SetScores(rows, unlabelled, conditions, notes,
-                     outputs, replicates, {name: plan[2] for name, plan in plans.items() if plan[2]})
+                     outputs, replicates, {name: plan[2] for name, plan in plans.items() if plan[2]}, calibrated)
 
 
 def run_score_stage(jobs: ScoreJob | Sequence[ScoreJob], cfg: ScoreConfig) -> tuple[list[ResultRow], str]:
@@ -236,13 +270,16 @@ def run_score_stage(jobs: ScoreJob | Sequence[ScoreJob], cfg: ScoreConfig) -> tu
 
 
 def _score_and_write(jobs: list[ScoreJob], cfg: ScoreConfig) -> tuple[list[ResultRow], str]:
-    results = [score_test_set(job, cfg) for job in jobs]
+    exp_dir = jobs[0].exp_dir
+    calibration = (load_experiment_calibration(calibration_dir(exp_dir) / CALIBRATORS_NAME)
+                   if cfg.calibration.enabled else None)
+    results = [score_test_set(job, cfg, calibration) for job in jobs]
+    calibrated = [cell for result in results for cell in result.calibrated]
     rows = [row for result in results for row in result.rows]
     noisy = list(dict.fromkeys(c.name for result in results for c in result.conditions if not c.is_clean))
     notes = [note for result in results for note in result.notes]
     replicates = {key: cell for result in results for key, cell in result.replicates.items()}
     noisy_sets = [c.set_name for result in results for c in result.conditions if not c.is_clean]
-    exp_dir = jobs[0].exp_dir
     for path, trials, scores in (output for result in results for output in result.outputs):
         write_scores(path, trials, scores)
     for result in results:
@@ -260,6 +297,9 @@ def _score_and_write(jobs: list[ScoreJob], cfg: ScoreConfig) -> tuple[list[Resul
                             noisy_method=cfg.noisy_method, notes=notes,
                             unlabelled=[name for result in results for name in result.unlabelled], interval=interval,
                             eer_method=cfg.eer, protocol=summary_lines(record))
+    if calibrated:
+        text += "\n" + calibration_markdown(calibrated, cfg, calibration.info)
+        write_calibration_tsv(exp_dir / "calibration.tsv", calibrated, cfg.p_targets, cfg.bootstrap.confidence)
     write_results_tsv(exp_dir / "results.tsv", rows, cfg.p_targets)
     atomic_write_text(exp_dir / "results.md", text)
     return rows, text

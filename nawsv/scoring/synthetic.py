@@ -10,7 +10,7 @@ import dataclasses
 from pathlib import Path
 import numpy as np
 
-from nawsv.data.kaldi import Trial, write_table
+from nawsv.formats.kaldi import Trial, write_table
 
 
 @dataclasses.dataclass(frozen=True)

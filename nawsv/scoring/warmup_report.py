@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from nawsv.scoring.plots import plot_warmup_diagnostics
-from nawsv.train.diagnostics_record import FILE_NAME, read_diagnostics
+from nawsv.formats.diagnostics_record import FILE_NAME, read_diagnostics
 
 FIGURE = "warmup_diagnostics.png"
 

@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from nawsv.data.kaldi import check_trials_covered, read_trials
+from nawsv.formats.kaldi import check_trials_covered, read_trials
 from nawsv.data.sources import open_audio_source
 from nawsv.scoring.metrics import compute_metrics
 from nawsv.utils.errors import DataError

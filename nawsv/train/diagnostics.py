@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from nawsv.data.store import UtteranceStore, wrap_to_length
-from nawsv.train.diagnostics_record import FILE_NAME, record_diagnostics
+from nawsv.formats.diagnostics_record import FILE_NAME, record_diagnostics
 from nawsv.utils.seeding import rng_for
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ import torch
 
 from nawsv.train import checkpoint as ckpt
 from nawsv.train.dev_eval import DevEvaluator
-from nawsv.train.dev_metrics import read_dev_metrics, record_dev_metrics
+from nawsv.formats.dev_metrics import read_dev_metrics, record_dev_metrics
 from nawsv.train.distributed import (DistContext, all_ranks_true, broadcast_module_states, gather_objects,
                                      on_rank_zero)
 from nawsv.train.grad_sync import GradientSync

@@ -234,7 +234,7 @@ def noisy_args(train_data: dict, data_dir: Path, out_root: Path, *extra: str) ->
 
 def add_utterance(data_dir: Path, key: str, wav: Path, seconds: float = 1.0) -> None:
     """Append one utterance (its own speaker) to a Kaldi dir's wav.scp, utt2spk and utt2dur."""
-    from nawsv.data.kaldi import read_table, write_table
+    from nawsv.formats.kaldi import read_table, write_table
 
     for name, value in (("wav.scp", str(wav)), ("utt2spk", key.split("/")[0]), ("utt2dur", f"{seconds:.3f}")):
         path = data_dir / name

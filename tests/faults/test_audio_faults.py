@@ -19,7 +19,7 @@ from nawsv.bin.extract import main as extract_main
 from nawsv.bin.make_noisy_sets import main as noisy_main
 from nawsv.bin.prepare_data import main as prepare_main
 from nawsv.bin.train import main as train_main
-from nawsv.data.kaldi import read_table
+from nawsv.formats.kaldi import read_table
 from nawsv.data.lists import Utterance, read_raw_list, write_raw_list
 from tests.faults.conftest import (NON_UTF8, REFUSED_AUDIO, add_utterance, assert_user_error, cli, extract_args,
                                    noisy_args, snapshot, write_bad_audio)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from nawsv.data.kaldi import write_trials
+from nawsv.formats.kaldi import write_trials
 from nawsv.scoring.synthetic import (corrupted, random_trials, speaker_structured_set, write_embedding_set,
                                      write_utt2spk)
 from nawsv.train import checkpoint as ckpt

@@ -1,6 +1,7 @@
 """``diagnostics.tsv`` of the warm-up: one row per measurement (epoch 0 = before the first step).
 
-Kept apart from :mod:`nawsv.train.diagnostics` so that the report reads it without importing torch.
+Kept apart from :mod:`nawsv.train.diagnostics` (which writes it) so that the report reads it without
+importing torch or the training package.
 """
 from __future__ import annotations
 
