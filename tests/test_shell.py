@@ -92,7 +92,7 @@ def test_stage4_through_wespeaker_is_an_option(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     command = next(line for line in proc.stdout.splitlines() if line.startswith("+ "))
     assert "tools/wespeaker_phase2.sh --conf_dir" in command and "egs/mini/conf/wespeaker" in command
-    assert f"--init {tmp_path}/e/warmup/student.pt" in command and "--cpu true" in command
+    assert f"--init {tmp_path}/e/warmup/student.pt" in command and "--device cpu" in command
     assert "nawsv.bin.train" not in proc.stdout
     proc = subprocess.run([*args, "espnet"], capture_output=True, text=True)
     assert proc.returncode != 0 and "--phase2_trainer must be nawsv or wespeaker, got 'espnet'" in proc.stderr

@@ -199,7 +199,11 @@ def test_dry_run_stages_1_2_vox1(tmp_path: Path) -> None:
     for option, value in zip(CORPUS_OPTIONS[::2], CORPUS_OPTIONS[1::2]):
         assert option_value(stage1, option) == value
     assert option_value(stage1, "--train_corpus") == "vox1"
-    assert len(stage2) == 1 and "-m nawsv.bin.make_noisy_sets" in stage2[0]
+    assert len(stage2) == 2 and "-m nawsv.bin.make_noisy_sets" in stage2[0]
+    assert "-m nawsv.bin.make_calibration_sets" in stage2[1]                # from the training set, its MUSAN half
+    assert option_value(stage2[1], "--train_data") == f"{data}/vox1_dev"
+    assert option_value(stage2[1], "--musan") == f"{data}/musan_train"
+    assert option_value(stage2[1], "--name") == "vox1_dev_calib"
     assert option_value(stage2[0], "--data") == f"{data}/vox1_test"
     assert option_value(stage2[0], "--musan") == f"{data}/musan_test"
     assert option_value(stage2[0], "--nonspeech") == f"{data}/nonspeech"
@@ -364,7 +368,8 @@ def stage2_recipe(tmp_path: Path, inputs: dict[str, Path], name: str) -> tuple[P
     2 conditions x 3 chunks = units 0-2 (noise) and 3-5 (music). Returns (recipe dir, data dir)."""
     recipe, data = tmp_path / name / "recipe", tmp_path / name / "data"
     (recipe / "conf").mkdir(parents=True)
-    (recipe / "defaults.sh").write_text("train_set=tiny_dev\ntest_sets=tiny_test\nrecipe_options=\n")
+    # no training set here: the calibration sets (stage 2, job 0, from the training set) are left out
+    (recipe / "defaults.sh").write_text("train_set=tiny_dev\ntest_sets=tiny_test\ncalibration=false\nrecipe_options=\n")
     (recipe / "run.sh").write_text(f'exec bash {ROOT}/run.sh --recipe "$(dirname "$0")" "$@"\n')
     (recipe / "conf" / "noisy.yaml").write_text("seed: 5\ncategories: [noise, music]\nsnrs: [0]\nchunk_size: 4\n")
     shutil.copytree(inputs["test"], data / "tiny_test")

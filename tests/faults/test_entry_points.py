@@ -18,8 +18,12 @@ FIRST_ARGS = {"prepare_data": ["speakers", "--wav_root", "w", "--out", "o"], "ma
               "--out_root", "o"], "train": ["warmup", "--train_data", "d", "--exp_dir", "o"],
               "extract": ["--model", "m", "--data_dir", "d", "--out_dir", "o"], "score": ["--exp_dir", "o",
               "--data_dir", "d", "--test_set", "t"], "report": ["--exp_dir", "o"], "export": ["--model", "m",
-              "--out_dir", "o"], "make_mini_corpus": ["--out", "o"], "compare": ["exp_a", "exp_b"]}
-WITHOUT_CONFIG = {"compare"}      # reads the experiments' own configs; its bad input here: dirs that do not exist
+              "--out_dir", "o"], "make_mini_corpus": ["--out", "o"], "compare": ["exp_a", "exp_b"],
+              "make_calibration_sets": ["--train_data", "d", "--musan", "m", "--out_root", "o"],
+              "calibrate": ["--exp_dir", "o", "--data_dir", "d", "--calib_set", "c", "--test_set", "t"],
+              "measure_quality": ["--data_root", "root_a", "--sets", "s", "--out_root", "o"]}
+# Entry points without a stage config; their bad input here: directories that do not exist, named in the error.
+WITHOUT_CONFIG = {"compare": "exp_a", "measure_quality": "root_a"}
 
 
 def main_calls(path: Path) -> list[str]:
@@ -58,7 +62,8 @@ def test_real_processes_print_one_error_line(tmp_path: Path) -> None:
         lines = err.strip().splitlines()
         assert proc.returncode == 2, (name, err)
         if name in WITHOUT_CONFIG:
-            assert "Traceback" not in err and lines[-1].startswith("ERROR: ") and "exp_a" in lines[-1], (name, err)
+            assert "Traceback" not in err and lines[-1].startswith("ERROR: ") and WITHOUT_CONFIG[name] in lines[-1], \
+                (name, err)
         else:
             assert "Traceback" not in err and lines[-1].startswith("ERROR: config file ") and \
                 "not valid YAML" in lines[-1]
