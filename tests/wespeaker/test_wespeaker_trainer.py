@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ import yaml
 
 from nawsv.data.augment import AugmentConfig, Augmenter
 from nawsv.data.store import UtteranceStore
+from nawsv.integrations.wespeaker import augment
 from nawsv.integrations.wespeaker import train as launcher
 from nawsv.integrations.wespeaker.convert import student_to_model_init, wespeaker_to_nawsv
 from nawsv.integrations.wespeaker.registry import register
@@ -75,7 +77,9 @@ def setup(train_data, tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("wespeaker")
     student = root / "student.pt"
     save_encoder(build_student(SSLConfig(preset="tiny", adapter_dim=8, init_seed=5)), student)
-    return {"root": root, "student": student, "dev": train_data["dev"], "test": train_data["test"]}
+    banks = {name: Path(shutil.copytree(train_data[name], root / "data" / name)) for name in ("musan_train", "rirs")}
+    return {"root": root, "student": student, "dev": train_data["dev"], "test": train_data["test"],
+            "noise_data": augment.build_lmdb(banks["musan_train"]), "reverb_data": augment.build_lmdb(banks["rirs"])}
 
 
 def write_config(path: Path, configs: dict) -> Path:
@@ -86,7 +90,8 @@ def write_config(path: Path, configs: dict) -> Path:
 def data_args(setup: dict, exp_dir: Path) -> dict[str, str]:
     """The top-level overrides tools/wespeaker_phase2.sh gives every run (WeSpeaker's own ``--key value``)."""
     return {"exp_dir": str(exp_dir), "train_data": str(setup["dev"] / "raw.list"),
-            "train_label": str(setup["dev"] / "utt2spk"), "data_type": "raw", "ssl_init": str(setup["student"])}
+            "train_label": str(setup["dev"] / "utt2spk"), "data_type": "raw", "ssl_init": str(setup["student"]),
+            "noise_data": str(setup["noise_data"]), "reverb_data": str(setup["reverb_data"])}
 
 
 class _Entered(Exception):
