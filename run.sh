@@ -193,8 +193,10 @@ if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
   fi
   if [ "$calibration" = true ] && { [ "$num_jobs" -eq 1 ] || [ "$merge" = true ]; }; then
     echo "$(date +%T) stage 5: SNR estimates and durations -> $exp/quality/<set>"
-    run python -m nawsv.bin.measure_quality --data_root "$data" --sets "${sets[@]}" --out_root "$exp/quality"
-    run python -m nawsv.bin.measure_quality --data_root "$noisy_root" --sets "${noisy_sets[@]}" --out_root "$exp/quality"
+    run python -m nawsv.bin.measure_quality --data_root "$data" --sets "${sets[@]}" --out_root "$exp/quality" \
+      --nj "$nj"
+    run python -m nawsv.bin.measure_quality --data_root "$noisy_root" --sets "${noisy_sets[@]}" \
+      --out_root "$exp/quality" --nj "$nj"
   fi
 fi
 

@@ -49,3 +49,8 @@ def test_calibration_sets_are_a_seeded_training_subset_noised_with_the_training_
     clean_snr = np.mean([float(v) for v in read_table(out / "tiny_dev_calib" / "utt2snr").values()])
     noisy_snr = np.mean([float(v) for v in read_table(out / "tiny_dev_calib_noise_5" / "utt2snr").values()])
     assert clean_snr > noisy_snr + 3.0
+    workers = tmp_path / "quality_nj2"                                # DataLoader workers read the same tables
+    assert quality_main(["--data_root", str(tmp_path / "data"), "--sets", "tiny_dev_calib*", "--out_root",
+                         str(workers), "--nj", "2"]) == 0
+    for table in sorted(out.glob("*/utt2*")):
+        assert (workers / table.relative_to(out)).read_bytes() == table.read_bytes(), table

@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data_root", type=Path, required=True, help="root of the data dirs, e.g. data")
     parser.add_argument("--sets", nargs="+", required=True, help="set names or shell patterns under --data_root")
     parser.add_argument("--out_root", type=Path, required=True, help="e.g. exp/nawsv/quality")
+    parser.add_argument("--nj", type=int, default=0,
+                        help="DataLoader workers reading the audio (0: read in this process)")
     add_common_options(parser)
     return parser
 
@@ -32,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     for name in _expand_sets(args.sets, args.data_root):
-        measure_quality(args.data_root / name, args.out_root / name)
+        measure_quality(args.data_root / name, args.out_root / name, num_workers=max(args.nj, 0))
     return 0
 
 
